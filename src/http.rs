@@ -1,0 +1,328 @@
+//! HTTP/1.1 on the WebSocket port: reading a request head, the upgrade routes
+//! (`/ws/chat`, `/ws/echo`), `/health`, `/ready` and the REST history API.
+//!
+//! # Limits
+//!
+//! Plain HTTP requests are answered with `Connection: close` (no keep-alive)
+//! and may not carry a body: the API here is a few small GETs, and the hot
+//! path is the WebSocket.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::auth::{self, AuthError};
+use crate::conn;
+use crate::protocol::{Code, DEFAULT_PAGE};
+use crate::shard::{HistoryReq, ReplyTo, Shard, ShardMsg};
+use crate::ws;
+
+/// Largest request head accepted (431 above it).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Most headers parsed in one request.
+const MAX_HEADERS: usize = 64;
+
+/// A parsed request head, owned so the socket can be used afterwards.
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub version: u8,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+    }
+
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    /// The bearer token of `Authorization`.
+    fn bearer(&self) -> Option<&str> {
+        let value = self.header_str("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+}
+
+enum HeadError {
+    TooLarge,
+    Malformed,
+    Closed,
+}
+
+/// Read until the end of the head; returns it and any bytes read past it.
+async fn read_head(stream: &mut TcpStream) -> Result<(Head, BytesMut), HeadError> {
+    let mut buf = BytesMut::with_capacity(2048);
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(2048);
+        }
+        let (len, cap) = (buf.len(), buf.capacity().min(MAX_HEAD));
+        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Err(HeadError::Closed),
+            Ok(_) => {}
+        }
+
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let target = req.path.unwrap_or("/");
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                    None => (target.to_owned(), None),
+                };
+                let head = Head {
+                    method: req.method.unwrap_or("").to_owned(),
+                    path,
+                    query,
+                    version: req.version.unwrap_or(0),
+                    headers: req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+                };
+                let rest = buf.split_off(n);
+                return Ok((head, rest));
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+/// Serve one accepted TCP connection.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let timeout = shard.shared.config.handshake_timeout;
+    let (head, rest) = match monoio::time::timeout(timeout, read_head(&mut stream)).await {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(HeadError::TooLarge)) => {
+            return respond(&mut stream, 431, "request header fields too large").await;
+        }
+        Ok(Err(HeadError::Malformed)) => return respond(&mut stream, 400, "malformed request").await,
+        Ok(Err(HeadError::Closed)) => return,
+        Err(_) => return respond(&mut stream, 408, "request timeout").await,
+    };
+
+    match (head.method.as_str(), head.path.as_str()) {
+        (_, "/ws/chat") => upgrade_chat(shard, stream, head, rest).await,
+        (_, "/ws/echo") if shard.shared.config.echo_endpoint => {
+            upgrade_echo(shard, stream, head, rest).await
+        }
+        ("GET", "/health") => {
+            let body = health(&shard);
+            send(&mut stream, 200, "application/json", body.as_bytes(), "").await;
+        }
+        ("GET", "/ready") => {
+            let (status, body) = if shard.shared.ready() {
+                (200, r#"{"ready":true}"#)
+            } else {
+                (503, r#"{"ready":false}"#)
+            };
+            send(&mut stream, status, "application/json", body.as_bytes(), "").await;
+        }
+        ("GET", path) if path.starts_with("/api/rooms/") && path.ends_with("/messages") => {
+            api_history(shard, &mut stream, &head).await
+        }
+        (_, "/health" | "/ready") => respond(&mut stream, 405, "method not allowed").await,
+        _ => respond(&mut stream, 404, "not found").await,
+    }
+}
+
+async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest: BytesMut) {
+    let shared = shard.shared.clone();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let upgrade = match check(&head, &mut headers) {
+        Ok(u) => u,
+        Err(err) => {
+            shared.stats.refused_upgrade.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write_all(err.response()).await;
+            return;
+        }
+    };
+
+    // The token: `?token=`, `Authorization: Bearer`, or the subprotocol pair
+    // `bearer, <jwt>` (browsers cannot set headers on a WebSocket).
+    let mut protocol = None;
+    let token = head.param("token").or_else(|| head.bearer().map(str::to_owned)).or_else(|| {
+        match upgrade.protocols.as_slice() {
+            [scheme, token, ..] if scheme.eq_ignore_ascii_case("bearer") => {
+                protocol = Some("bearer");
+                Some(token.clone())
+            }
+            _ => None,
+        }
+    });
+    let user = match shared.verifier.verify(token.as_deref().unwrap_or("")) {
+        Ok(user) => Arc::new(user),
+        Err(err) => {
+            shard.note_refused(err.label());
+            return refuse_auth(&mut stream, &err).await;
+        }
+    };
+
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return respond(&mut stream, 503, "server shutting down").await;
+    }
+    let response = ws::response_101(&upgrade.accept, protocol);
+    conn::run_chat(shard, stream, user, response, rest).await;
+}
+
+async fn upgrade_echo(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest: BytesMut) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match check(&head, &mut headers) {
+        Ok(upgrade) => {
+            let response = ws::response_101(&upgrade.accept, None);
+            conn::run_echo(shard, stream, response, rest).await;
+        }
+        Err(err) => {
+            let _ = stream.write_all(err.response()).await;
+        }
+    }
+}
+
+/// Run the RFC 6455 checks on an owned head.
+fn check<'h>(
+    head: &'h Head,
+    scratch: &'h mut [httparse::Header<'h>; MAX_HEADERS],
+) -> Result<ws::Upgrade, ws::UpgradeError> {
+    let n = head.headers.len().min(MAX_HEADERS);
+    for (slot, (name, value)) in scratch.iter_mut().zip(&head.headers) {
+        *slot = httparse::Header { name, value };
+    }
+    ws::check_upgrade(&head.method, head.version, &scratch[..n])
+}
+
+/// `GET /api/rooms/{room}/messages?before=&limit=` with a Bearer token.
+async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
+    let shared = shard.shared.clone();
+    let user = match shared.verifier.verify(head.bearer().unwrap_or("")) {
+        Ok(user) => user,
+        Err(err) => return refuse_auth(stream, &err).await,
+    };
+
+    let raw = &head.path["/api/rooms/".len()..head.path.len() - "/messages".len()];
+    let room = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    if !auth::valid_room_id(&room) {
+        return respond(stream, 400, "invalid room id").await;
+    }
+    if !shared.verifier.may_join(&user, &room) {
+        return respond(stream, 403, "not allowed in this room").await;
+    }
+    let before = match head.param("before").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return respond(stream, 400, "before must be a seq number").await,
+    };
+    let limit = match head.param("limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_PAGE,
+        Some(Ok(v)) if (1..=shared.config.limits.max_history_page).contains(&v) => v,
+        Some(_) => return respond(stream, 400, "limit must be 1..100").await,
+    };
+
+    let (tx, rx) = futures_channel::oneshot::channel();
+    let room: Arc<str> = room.into();
+    let req = HistoryReq { room: room.clone(), with: None, before, limit, reply: ReplyTo::Http(tx) };
+    shared.send(shared.owner(&room), ShardMsg::History(Box::new(req)));
+    match rx.await {
+        Ok(Ok(body)) => send(stream, 200, "application/json", &body, "").await,
+        Ok(Err(err)) if err.code == Code::Unavailable => respond(stream, 503, &err.message).await,
+        Ok(Err(err)) => respond(stream, 400, &err.message).await,
+        Err(_) => respond(stream, 503, "server shutting down").await,
+    }
+}
+
+async fn refuse_auth(stream: &mut TcpStream, err: &AuthError) {
+    tracing::debug!(reason = err.label(), "refused: bad token");
+    let extra = "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n";
+    let body = error_body(&err.to_string());
+    send(stream, 401, "application/json", body.as_bytes(), extra).await;
+}
+
+fn health(shard: &Shard) -> String {
+    let shared = &shard.shared;
+    let writer = &shared.writer.status;
+    let store_ok = writer.healthy.load(Ordering::Relaxed);
+    let value = serde_json::json!({
+        "status": if store_ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "workers": shared.mailboxes.len(),
+        "driver": shared.driver.get().copied().unwrap_or("unknown"),
+        "connections": shared.stats.connections.load(Ordering::Relaxed),
+        "backends": {
+            "history": {
+                "kind": shared.store.kind(),
+                "state": if store_ok { "ok" } else { "failing" },
+                "queue": shared.writer.queue_len(),
+                "stored": writer.records.load(Ordering::Relaxed),
+                "batches": writer.batches.load(Ordering::Relaxed),
+                "failed": writer.failed_records.load(Ordering::Relaxed),
+            },
+            "cluster": { "kind": "none", "state": "standalone" },
+        },
+        "stats": {
+            "connections_total": shared.stats.connections_total.load(Ordering::Relaxed),
+            "messages_in": shared.stats.messages_in.load(Ordering::Relaxed),
+            "refused_auth": shared.stats.refused_auth.load(Ordering::Relaxed),
+            "refused_upgrade": shared.stats.refused_upgrade.load(Ordering::Relaxed),
+            "slow_consumers": shared.stats.slow_consumers.load(Ordering::Relaxed),
+        },
+    });
+    value.to_string()
+}
+
+fn error_body(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+/// A JSON error response: `{"error": reason}`.
+async fn respond(stream: &mut TcpStream, status: u16, reason: &str) {
+    let extra = if status == 405 { "Allow: GET\r\n" } else { "" };
+    send(stream, status, "application/json", error_body(reason).as_bytes(), extra).await;
+}
+
+async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8], extra: &str) {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n{extra}\r\n",
+        status_text(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    let _ = stream.write_all(out).await;
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,74 @@
+//! The `hubbub` binary: serve (the default), mint a token, or check config.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hubbub::config::{Cli, Command, JwtKey, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.options.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hubbub: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token(args) => {
+            let JwtKey::Secret { secret, .. } = &config.jwt.key else {
+                eprintln!("hubbub: `token` signs with --jwt-secret; this server uses a public key");
+                return ExitCode::from(2);
+            };
+            let req = hubbub::auth::MintRequest {
+                sub: &args.sub,
+                name: args.name.as_deref(),
+                role: &args.role,
+                rooms: &args.rooms,
+                ttl: args.ttl,
+                issuer: config.jwt.issuer.as_deref(),
+                audience: config.jwt.audience.as_deref(),
+            };
+            match hubbub::auth::mint(secret, &req) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hubbub: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            init_logging(&config.log, config.log_format);
+            let result = hubbub::server::start(config).and_then(|s| s.run_until_signal());
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("hubbub: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,259 @@
+//! Process start and stop: the history writer, one pinned monoio runtime per
+//! worker with its own SO_REUSEPORT listener, and the shutdown sequence.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::FutureExt;
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::auth::Verifier;
+use crate::config::{Config, DriverChoice, JwtKey};
+use crate::shard::{inbox, Inbox, Shard, ShardMsg, Shared};
+use crate::store::writer::{self, WriterConfig};
+use crate::store::{EmbeddedStore, HistoryStore};
+use crate::http;
+
+/// Accept backlog per worker listener.
+const BACKLOG: i32 = 4096;
+
+/// io_uring submission queue entries per worker.
+const RING_ENTRIES: u32 = 1024;
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+}
+
+/// Start everything and return once every worker is listening.
+pub fn start(config: Config) -> anyhow::Result<Running> {
+    raise_nofile_limit();
+    if let JwtKey::Secret { dev: true, .. } = config.jwt.key {
+        tracing::warn!(
+            "no --jwt-secret or --jwt-public-key: using the built-in DEVELOPMENT secret; \
+             anyone can mint tokens for this server"
+        );
+    }
+
+    // The history store and its writer.
+    let store: Arc<dyn HistoryStore> = Arc::new(
+        EmbeddedStore::open(&config.data_dir).context("history store (check --data-dir)")?,
+    );
+    let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.workers).map(|_| inbox::channel()).unzip();
+    let notify = {
+        let mailboxes = mailboxes.clone();
+        move |owner: usize, reports| mailboxes[owner].send(ShardMsg::Stored(reports))
+    };
+    let writer_cfg = WriterConfig {
+        max_batch: config.history_batch,
+        queue: config.history_queue,
+        retry_for: Duration::from_secs(5),
+    };
+    let (writer, writer_thread) = writer::spawn(store.clone(), writer_cfg, notify)?;
+
+    let verifier = Verifier::new(&config.jwt, config.room_policy)?;
+    let addr = resolve_port(config.listen)?;
+    let shared = Arc::new(Shared::new(config, verifier, store, writer, mailboxes));
+
+    // One thread per worker; each reports back once its listener is bound.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut workers = Vec::new();
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("hubbub-w{id}"))
+            .spawn(move || run_worker(id, shared, inbox, addr, ready))?;
+        workers.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..workers.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("a worker died while starting"),
+        }
+    }
+
+    tracing::info!(
+        addr = %addr,
+        workers = workers.len(),
+        driver = shared.driver.get().copied().unwrap_or("unknown"),
+        store = shared.store.kind(),
+        data_dir = %shared.config.data_dir.display(),
+        "listening"
+    );
+    Ok(Running { addr, shared, workers, writer: writer_thread })
+}
+
+impl Running {
+    /// Block until SIGTERM or SIGINT, then shut down. A second signal during
+    /// shutdown exits at once.
+    pub fn run_until_signal(self) -> anyhow::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let first = signals.forever().next();
+        tracing::info!(signal = first, "shutting down");
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::warn!(signal = sig, "second signal: exiting now");
+                std::process::exit(1);
+            }
+        });
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Stop accepting, close connections with 1001, flush history, return.
+    pub fn shutdown(self) {
+        let started = Instant::now();
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        for mailbox in &self.shared.mailboxes {
+            mailbox.send(ShardMsg::Shutdown);
+        }
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+        // Everything queued is committed before the writer returns.
+        self.shared.writer.stop();
+        let _ = self.writer.join();
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    }
+}
+
+type Ready = mpsc::Sender<Result<(), String>>;
+
+fn run_worker(id: usize, shared: Arc<Shared>, inbox: Inbox<ShardMsg>, addr: SocketAddr, ready: Ready) {
+    // Pin to a core; a failure (restricted cpuset) costs locality only.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
+        tracing::debug!(shard = id, err = ?e, "could not pin worker to a core");
+    }
+
+    let choice = shared.config.driver;
+    if choice != DriverChoice::Epoll {
+        match RuntimeBuilder::<IoUringDriver>::new().with_entries(RING_ENTRIES).enable_timer().build() {
+            Ok(mut rt) => {
+                let _ = shared.driver.set("io_uring");
+                return rt.block_on(worker_main(id, shared, inbox, addr, ready));
+            }
+            Err(e) if choice == DriverChoice::IoUring => {
+                let _ = ready.send(Err(format!("io_uring unavailable (--driver io_uring): {e}")));
+                return;
+            }
+            Err(e) => {
+                static WARN: Once = Once::new();
+                WARN.call_once(|| {
+                    tracing::warn!(err = %e, "io_uring refused by the kernel; using epoll")
+                });
+            }
+        }
+    }
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => {
+            let _ = shared.driver.set("epoll");
+            rt.block_on(worker_main(id, shared, inbox, addr, ready))
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start the event loop: {e}")));
+        }
+    }
+}
+
+async fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    inbox: Inbox<ShardMsg>,
+    addr: SocketAddr,
+    ready: Ready,
+) {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(BACKLOG);
+    let listener = match TcpListener::bind_with_config(addr, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {addr} (check --listen): {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+
+    let shard = Rc::new(Shard::new(id, shared.clone()));
+    monoio::spawn(shard.clone().dispatch(inbox));
+    accept_loop(&shard, &listener).await;
+    drop(listener);
+
+    // Connections got their 1001 close; give them the grace period to go.
+    let deadline = Instant::now() + shared.config.shutdown_grace;
+    while shard.conn_count() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::debug!(shard = id, left = shard.conn_count(), "worker stopped");
+}
+
+async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    let mut last_emfile: Option<Instant> = None;
+    loop {
+        let accepted = monoio::select! {
+            res = listener.accept() => res,
+            _ = shard.stopped() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                let conn = std::panic::AssertUnwindSafe(http::serve(shard.clone(), stream));
+                let shard_id = shard.id;
+                monoio::spawn(async move {
+                    // A bug in one connection must not take its worker down.
+                    if conn.catch_unwind().await.is_err() {
+                        tracing::error!(shard = shard_id, "connection task panicked");
+                    }
+                });
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                // Out of file descriptors: back off instead of spinning, and
+                // log once per burst.
+                if last_emfile.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(shard = shard.id, err = %e, "out of file descriptors; backing off");
+                    last_emfile = Some(Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => tracing::debug!(shard = shard.id, err = %e, "accept failed"),
+        }
+    }
+}
+
+/// Port 0 means "any free port": pick one now so that every worker's
+/// SO_REUSEPORT listener binds the same one.
+fn resolve_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = StdListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit: each connection is a file
+/// descriptor, and distributions default the soft limit to 1024.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    tracing::debug!(nofile = lim.rlim_cur, "file descriptor limit");
+}

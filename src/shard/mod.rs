@@ -1,0 +1,373 @@
+//! A shard is everything one worker core owns: its connections, the local
+//! membership of rooms, and the rooms that hash to it.
+//!
+//! Ownership (see also `docs/architecture.md`):
+//! - a **connection** lives on the shard that accepted it, for its whole life;
+//! - a **room** (and a DM pair room) is owned by the shard `hash(room) % N`.
+//!   The owner assigns `seq`, keeps the member list and the recent messages,
+//!   queues history writes, and fans committed messages out to every shard
+//!   that has members of the room;
+//! - shards talk only through [`ShardMsg`]s on their [`inbox`]es, never by
+//!   sharing state, so all state here is single-threaded (`RefCell`).
+
+pub mod inbox;
+mod local;
+mod room;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::auth::{User, Verifier};
+use crate::config::Config;
+use crate::conn::outbox::Outbox;
+use crate::protocol::ClientError;
+use crate::store::writer::{Report, WriterHandle};
+use crate::store::HistoryStore;
+
+pub use inbox::{Inbox, Mailbox};
+use room::Room;
+
+/// A connection's address: the shard it lives on and its number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub shard: u16,
+    pub local: u32,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.shard, self.local)
+    }
+}
+
+/// Where the answer to a request goes.
+pub enum ReplyTo {
+    /// A WebSocket connection, repeating the request's `id`.
+    Conn { conn: ConnId, id: Option<Box<str>> },
+    /// An HTTP request waiting on its shard: gets the JSON body or an error.
+    Http(futures_channel::oneshot::Sender<Result<Vec<u8>, ClientError>>),
+}
+
+pub struct JoinReq {
+    pub room: Arc<str>,
+    pub conn: ConnId,
+    pub user: Arc<User>,
+    pub since: Option<u64>,
+    pub id: Option<Box<str>>,
+}
+
+pub struct PublishReq {
+    pub room: Arc<str>,
+    /// For a DM: the recipient's user id.
+    pub to: Option<Arc<str>>,
+    pub user: Arc<User>,
+    pub origin: ConnId,
+    pub id: Option<Box<str>>,
+    pub content: String,
+}
+
+pub struct HistoryReq {
+    pub room: Arc<str>,
+    /// For a DM history: the other user, echoed in the answer as `with`.
+    pub with: Option<Box<str>>,
+    pub before: Option<u64>,
+    pub limit: usize,
+    pub reply: ReplyTo,
+}
+
+/// Everything shards say to each other.
+pub enum ShardMsg {
+    // ---- to a room's owner
+    Join(Box<JoinReq>),
+    /// `quiet`: the connection closed, so nobody waits for an answer.
+    Leave { room: Arc<str>, conn: ConnId, user: Arc<User> },
+    Publish(Box<PublishReq>),
+    Typing { room: Arc<str>, user: Arc<str>, frame: Bytes },
+    History(Box<HistoryReq>),
+    Presence { room: Arc<str>, reply: ReplyTo },
+    /// Outcomes of history writes, from the writer thread.
+    Stored(Vec<Report>),
+
+    // ---- to the shard of a connection
+    /// A room frame for every local member, except those of `skip_user`.
+    Deliver { room: Arc<str>, frame: Bytes, skip_user: Option<Arc<str>> },
+    /// A frame for every local connection of these users (DMs).
+    DeliverUsers { users: Vec<Arc<str>>, frame: Bytes },
+    /// One frame for one connection (acks, errors, history pages).
+    ToConn { conn: u32, frame: Bytes },
+    /// The owner accepted a join: send the ack, then the backlog, and start
+    /// delivering the room's live messages.
+    Joined { conn: u32, room: Arc<str>, ack: Bytes, backlog: Vec<Bytes> },
+
+    // ---- lifecycle
+    /// Stop accepting, close every connection with 1001, then stop.
+    Shutdown,
+}
+
+/// Process-wide counters, shown by `/health`.
+#[derive(Default)]
+pub struct Stats {
+    pub connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub refused_auth: AtomicU64,
+    pub refused_upgrade: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub slow_consumers: AtomicU64,
+}
+
+/// What every shard shares, built once at start.
+pub struct Shared {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub store: Arc<dyn HistoryStore>,
+    pub writer: WriterHandle,
+    pub mailboxes: Vec<Mailbox<ShardMsg>>,
+    pub stats: Stats,
+    /// "io_uring" or "epoll", set by the first shard that starts.
+    pub driver: OnceLock<&'static str>,
+    pub shutting_down: AtomicBool,
+    /// Hashes room ids to owners; fixed seed so every shard agrees.
+    hasher: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        verifier: Verifier,
+        store: Arc<dyn HistoryStore>,
+        writer: WriterHandle,
+        mailboxes: Vec<Mailbox<ShardMsg>>,
+    ) -> Shared {
+        Shared {
+            config,
+            verifier,
+            store,
+            writer,
+            mailboxes,
+            stats: Stats::default(),
+            driver: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+            hasher: Default::default(),
+        }
+    }
+
+    /// The shard that owns `room`.
+    pub fn owner(&self, room: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        h.write(room.as_bytes());
+        (h.finish() % self.mailboxes.len() as u64) as usize
+    }
+
+    pub fn send(&self, shard: usize, msg: ShardMsg) {
+        self.mailboxes[shard].send(msg);
+    }
+
+    /// Ready to take messages: not shutting down, and the store is healthy.
+    pub fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+            && self.writer.status.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection as its shard sees it.
+pub struct LocalConn {
+    pub user: Arc<User>,
+    pub outbox: Rc<Outbox>,
+    /// Rooms joined, or asked to join and not yet answered.
+    pub rooms: HashSet<Arc<str>>,
+}
+
+/// One core's state. Lives in an `Rc` on its own thread.
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    next_conn: Cell<u32>,
+    conns: RefCell<HashMap<u32, LocalConn>>,
+    /// Local connections in each room (those whose join was answered).
+    members: RefCell<HashMap<Arc<str>, Vec<u32>>>,
+    /// Local connections of each user.
+    users: RefCell<HashMap<Arc<str>, Vec<u32>>>,
+    /// Rooms this shard owns that are in memory.
+    rooms: RefCell<HashMap<Arc<str>, Room>>,
+    /// Set once shutdown begins, so that the accept loop stops.
+    pub stopping: Cell<bool>,
+    /// Parse scratch for simd-json, reused by every frame on this core.
+    pub json_scratch: RefCell<simd_json::Buffers>,
+    /// Refused upgrades since the last log line, and when that line was.
+    refused: Cell<(u64, Option<std::time::Instant>)>,
+    /// The accept loop's waker, woken when shutdown begins.
+    stop_waker: RefCell<Option<std::task::Waker>>,
+}
+
+/// How long an owned room with no members and nothing in flight stays in
+/// memory; it is reloaded from the store on next use.
+const ROOM_IDLE: Duration = Duration::from_secs(300);
+
+/// Most inbox messages handled per wake before yielding to connection tasks,
+/// so that a burst of cross-shard traffic cannot starve local sockets.
+const INBOX_BATCH: usize = 256;
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Shard {
+        Shard {
+            id,
+            shared,
+            next_conn: Cell::new(1),
+            conns: RefCell::default(),
+            members: RefCell::default(),
+            users: RefCell::default(),
+            rooms: RefCell::default(),
+            stopping: Cell::new(false),
+            json_scratch: RefCell::new(simd_json::Buffers::default()),
+            refused: Cell::new((0, None)),
+            stop_waker: RefCell::new(None),
+        }
+    }
+
+    /// Count a refused upgrade; log at most one line per 10 s per shard, so a
+    /// burst of bad tokens cannot flood the log.
+    pub fn note_refused(&self, reason: &'static str) {
+        self.shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+        let (count, last) = self.refused.get();
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now - t >= Duration::from_secs(10)) {
+            tracing::info!(shard = self.id, refused = count + 1, reason, "refusing connections");
+            self.refused.set((0, Some(now)));
+        } else {
+            self.refused.set((count + 1, last));
+        }
+    }
+
+    pub fn conn_id(&self, local: u32) -> ConnId {
+        ConnId { shard: self.id as u16, local }
+    }
+
+    /// Number of connections on this shard.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Run the inbox until shutdown. Returns when asked to stop.
+    pub async fn dispatch(self: Rc<Self>, inbox: Inbox<ShardMsg>) {
+        let mut batch = Vec::with_capacity(INBOX_BATCH);
+        let mut last_sweep = std::time::Instant::now();
+        loop {
+            if !inbox.recv_batch(&mut batch, INBOX_BATCH).await {
+                return;
+            }
+            for msg in batch.drain(..) {
+                if let ShardMsg::Shutdown = msg {
+                    self.begin_shutdown();
+                    continue;
+                }
+                self.handle(msg);
+            }
+            if last_sweep.elapsed() > Duration::from_secs(30) {
+                self.sweep_rooms();
+                last_sweep = std::time::Instant::now();
+            }
+            // Let connection tasks run between batches.
+            yield_now().await;
+        }
+    }
+
+    fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Join(req) => self.on_join(*req),
+            ShardMsg::Leave { room, conn, user } => self.on_leave(&room, conn, &user),
+            ShardMsg::Publish(req) => self.on_publish(*req),
+            ShardMsg::Typing { room, user, frame } => self.on_typing(&room, user, frame),
+            ShardMsg::History(req) => self.on_history(*req),
+            ShardMsg::Presence { room, reply } => self.on_presence(&room, reply),
+            ShardMsg::Stored(reports) => self.on_stored(reports),
+            ShardMsg::Deliver { room, frame, skip_user } => {
+                self.deliver_room(&room, &frame, skip_user.as_deref())
+            }
+            ShardMsg::DeliverUsers { users, frame } => self.deliver_users(&users, &frame),
+            ShardMsg::ToConn { conn, frame } => self.deliver_conn(conn, frame),
+            ShardMsg::Joined { conn, room, ack, backlog } => {
+                self.on_joined(conn, room, ack, backlog)
+            }
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Answer a request, wherever it came from.
+    fn reply(&self, to: ReplyTo, result: Result<Vec<u8>, ClientError>) {
+        match to {
+            ReplyTo::Conn { conn, id } => {
+                let json = match result {
+                    Ok(json) => json,
+                    Err(err) => crate::protocol::error(id.as_deref(), &err),
+                };
+                let frame = crate::ws::encode(crate::ws::OpCode::Text, &json);
+                self.shared.send(conn.shard as usize, ShardMsg::ToConn { conn: conn.local, frame });
+            }
+            ReplyTo::Http(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.stopping.set(true);
+        if let Some(w) = self.stop_waker.borrow_mut().take() {
+            w.wake();
+        }
+        for conn in self.conns.borrow().values() {
+            conn.outbox.close(1001, "server shutting down");
+        }
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopping.get() {
+                return std::task::Poll::Ready(());
+            }
+            *self.stop_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Give other tasks on this core a turn (monoio 0.2 has no `yield_now`).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The JSON payload of a server frame we encoded: the bytes after the
+/// WebSocket header (2, 4 or 10 bytes, depending on the 7-bit length field).
+pub fn frame_payload(frame: &Bytes) -> Bytes {
+    let header = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    frame.slice(header..)
+}
