@@ -45,7 +45,16 @@ use crate::token::Minter;
 /// Tokens stay valid this long past the end of the run, so a slow close never meets a 401.
 const TOKEN_SLACK_SECS: u64 = 3600;
 
-fn main() -> Result<()> {
+fn main() {
+    // Print the error chain plainly; anyhow's Debug form adds a backtrace when
+    // RUST_BACKTRACE is set, which reads like a crash for what is usually a bad flag.
+    if let Err(e) = start() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn start() -> Result<()> {
     let cli = Cli::parse();
     let common = cli.scenario.common();
     let (addr, url_prefix) = target(common)?;

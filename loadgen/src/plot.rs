@@ -77,7 +77,7 @@ fn latency_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, o: &Outcome) -> R
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(72)
-        .build_cartesian_2d(x_range(o), (lo..hi).log_scale())
+        .build_cartesian_2d(x_range(o), (lo..hi).log_scale().with_key_points(ticks_125(lo, hi)))
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -100,7 +100,7 @@ fn latency_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, o: &Outcome) -> R
     markers(&mut chart, o, lo, hi)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -159,7 +159,7 @@ fn throughput_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, o: &Outcome) -
     markers(&mut chart, o, 0.0, d_top)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -193,6 +193,23 @@ where
     Ok(())
 }
 
+/// Ticks at 1, 2 and 5 times each power of ten inside `lo..hi`: a log axis over less than
+/// two decades would otherwise get only one or two labels.
+fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if (lo..=hi).contains(&v) {
+                ticks.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
 fn fmt_ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.0}s", v / 1000.0)
@@ -200,5 +217,50 @@ fn fmt_ms(v: f64) -> String {
         format!("{v:.0}ms")
     } else {
         format!("{:.0}µs", v * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Interval, Percentiles};
+
+    #[test]
+    fn ticks_cover_the_range_in_1_2_5_steps() {
+        assert_eq!(ticks_125(0.3, 30.0), [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]);
+        assert_eq!(ticks_125(1.0, 1.0), [1.0]);
+    }
+
+    #[test]
+    fn draws_a_png() {
+        let pct = |us| Percentiles { p50: us, p90: us * 2, p99: us * 4, p999: us * 8, max: us * 9, count: 10 };
+        let seconds = (1..=6)
+            .map(|t| Second {
+                t: f64::from(t),
+                len: 1.0,
+                sent: 100,
+                delivered: 3000,
+                errors: 0,
+                lost: 0,
+                open: 31,
+                delivery: (t <= 5).then(|| pct(400 * u64::from(t as u32))),
+                lag_p99: Some(900),
+            })
+            .collect();
+        let outcome = Outcome {
+            totals: Interval::default(),
+            seconds,
+            started: 31,
+            ramp_secs: 1.0,
+            duration_secs: 5.0,
+            held: 31,
+            elapsed_secs: 6.0,
+        };
+        let path = std::env::temp_dir().join(format!("loadgen-plot-{}.png", std::process::id()));
+        draw(&path, "test chart", &outcome).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 10_000, "a chart with text, not a blank image");
     }
 }

@@ -1,0 +1,291 @@
+//! Test harness: runs the real `hubbub` binary on a free port with a
+//! temporary data directory, and talks to it with real WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-secret";
+
+/// How long any single expectation waits before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub port: u16,
+    pub data: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Start with extra flags on top of the test defaults.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut server = Server {
+            port: free_port(),
+            data,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubbub"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--jwt-secret")
+            .arg(SECRET)
+            .arg("--log")
+            .arg(std::env::var("HUBBUB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .args(&self.args)
+            .stdin(Stdio::null());
+        if let Ok(driver) = std::env::var("HUBBUB_TEST_DRIVER") {
+            cmd.arg("--driver").arg(driver);
+        }
+        self.child = Some(cmd.spawn().expect("spawn hubbub"));
+        wait_until("server answers /health", || http_get(self.port, "/health", None).is_ok());
+    }
+
+    /// SIGTERM, wait for a clean exit, and return the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    /// Start again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws/chat", self.port)
+    }
+
+    pub async fn connect(&self, sub: &str) -> Client {
+        self.connect_token(&token(sub, json!({}))).await
+    }
+
+    pub async fn connect_token(&self, token: &str) -> Client {
+        let url = format!("{}?token={}", self.url(), token);
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut client = Client { ws, frames: Vec::new() };
+        let welcome = client.next_of("welcome").await;
+        assert_eq!(welcome["type"], "welcome");
+        client
+    }
+
+    /// The HTTP status of an upgrade attempt that should be refused.
+    pub async fn upgrade_status(&self, url: &str) -> u16 {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("unexpected upgrade error: {e}"),
+        }
+    }
+
+    pub async fn upgrade_request_status(&self, req: impl IntoClientRequest + Unpin) -> u16 {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("unexpected upgrade error: {e}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A token for `sub`, with extra claims merged in.
+pub fn token(sub: &str, extra: Value) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut claims = json!({"sub": sub, "exp": now + 3600, "name": format!("User {sub}")});
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    sign(SECRET, &claims)
+}
+
+pub fn sign(secret: &str, claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames received but not yet taken by an expectation.
+    pub frames: Vec<Value>,
+}
+
+impl Client {
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// The first (buffered or new) frame matching `pred`; fails the test
+    /// after [`WAIT`].
+    pub async fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.frames.iter().position(&pred) {
+            return self.frames.remove(i);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; buffered: {:?}", self.frames));
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent JSON");
+                    if pred(&v) {
+                        return v;
+                    }
+                    self.frames.push(v);
+                }
+                Some(Ok(Message::Close(c))) => panic!("closed while waiting for {what}: {c:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("error while waiting for {what}: {e}"),
+                None => panic!("stream ended while waiting for {what}"),
+            }
+        }
+    }
+
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        let kind_owned = kind.to_owned();
+        self.next_where(kind, move |v| v["type"] == kind_owned.as_str()).await
+    }
+
+    /// The answer (ack, error, history or pong) to the request with `id`.
+    pub async fn reply(&mut self, id: &str) -> Value {
+        let id_owned = id.to_owned();
+        self.next_where(&format!("reply to {id}"), move |v| {
+            v["id"] == id_owned.as_str() && v["type"] != "message" && v["type"] != "dm"
+        })
+        .await
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let id = format!("join-{room}");
+        self.send(json!({"type": "join", "room": room, "id": id})).await;
+        let ack = self.reply(&id).await;
+        assert_eq!(ack["type"], "ack", "join {room}: {ack}");
+        ack
+    }
+
+    /// Post and wait for the ack; returns it.
+    pub async fn post(&mut self, room: &str, id: &str, content: &str) -> Value {
+        self.send(json!({"type": "message", "room": room, "id": id, "content": content})).await;
+        let ack = self.reply(id).await;
+        assert_eq!(ack["type"], "ack", "post {id}: {ack}");
+        ack
+    }
+
+    /// The `n` next room messages of `room`, in arrival order.
+    pub async fn messages(&mut self, room: &str, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let r = room.to_owned();
+            out.push(self.next_where("room message", move |v| v["type"] == "message" && v["room"] == r.as_str()).await);
+        }
+        out
+    }
+
+    /// Nothing matching `pred` arrives before the server answers a ping.
+    /// The ping is the synchronisation point: everything the server queued
+    /// for this connection before the pong is seen first.
+    pub async fn assert_none_before_pong(&mut self, what: &str, pred: impl Fn(&Value) -> bool) {
+        let id = format!("sync-{}", rand_suffix());
+        self.send(json!({"type": "ping", "id": id})).await;
+        let _ = self.reply(&id).await;
+        if let Some(v) = self.frames.iter().find(|v| pred(v)) {
+            panic!("unexpected {what}: {v}");
+        }
+    }
+
+    /// Wait for the close frame and return its code.
+    pub async fn close_code(&mut self) -> u16 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await.expect("timed out waiting for close") {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return 1006,
+            }
+        }
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `cond` every 20 ms until it holds; fail after [`WAIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking HTTP GET; returns (status, body).
+pub fn http_get(port: u16, path: &str, bearer: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(WAIT))?;
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
