@@ -29,11 +29,13 @@ say "python virtualenv for the end-to-end tests ($VENV)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 
 # --- 2. Rust tests ------------------------------------------------------------
+# fault-injection lets one test make a connection task panic on purpose.
 say "cargo test (io_uring driver)"
-cargo test --workspace --locked
+cargo test --workspace --locked --features fault-injection
 
 say "integration tests again on the epoll driver"
-HUBBUB_TEST_DRIVER=epoll cargo test --locked --test chat --test bad_input
+HUBBUB_TEST_DRIVER=epoll cargo test --locked --features fault-injection \
+    --test chat --test bad_input --test hardening
 
 # --- 3. Python client ---------------------------------------------------------
 say "python websockets end-to-end tests"

@@ -183,6 +183,63 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_MESSAGE_BURST", global = true)]
     pub message_burst: Option<u32>,
 
+    /// Sustained messages per second per user, across all of its connections
+    /// [default: 20].
+    #[arg(long, env = "HUBBUB_USER_MESSAGES_PER_SEC", global = true)]
+    pub user_messages_per_sec: Option<u32>,
+
+    /// Typing events per second per connection; extra ones are dropped
+    /// [default: 5].
+    #[arg(long, env = "HUBBUB_TYPING_PER_SEC", global = true)]
+    pub typing_per_sec: Option<u32>,
+
+    /// Joins per second per connection, with a burst of five times that
+    /// [default: 10].
+    #[arg(long, env = "HUBBUB_JOINS_PER_SEC", global = true)]
+    pub joins_per_sec: Option<u32>,
+
+    /// History and presence requests per second per connection, with a burst
+    /// of four times that [default: 5].
+    #[arg(long, env = "HUBBUB_HISTORY_PER_SEC", global = true)]
+    pub history_per_sec: Option<u32>,
+
+    /// New TCP connections per second from one IP address, with a burst of
+    /// five times that; more get HTTP 429. Schools put many students behind
+    /// one address, so keep it generous [default: 50].
+    #[arg(long, env = "HUBBUB_CONNECTIONS_PER_IP_PER_SEC", global = true)]
+    pub connections_per_ip_per_sec: Option<u32>,
+
+    /// WebSocket connections per user; more get HTTP 429 [default: 10].
+    #[arg(long, env = "HUBBUB_MAX_CONNS_PER_USER", global = true)]
+    pub max_conns_per_user: Option<usize>,
+
+    /// WebSocket connections per process; more get HTTP 503 [default: 90% of
+    /// the file descriptor limit].
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Resident memory in MiB above which new connections get HTTP 503
+    /// (0: no limit) [default: 0].
+    #[arg(long, env = "HUBBUB_MEMORY_LIMIT_MB", global = true)]
+    pub memory_limit_mb: Option<u64>,
+
+    /// Browser origins allowed to open WebSockets and call the HTTP API,
+    /// comma separated (`https://app.example.com`); `*` allows any. Unset:
+    /// any origin with the development secret, none otherwise (requests
+    /// without an Origin header, i.e. not from a browser, always pass).
+    #[arg(long, env = "HUBBUB_ALLOWED_ORIGINS", global = true, value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Seconds without a frame from a client before the server pings it
+    /// [default: 30].
+    #[arg(long, env = "HUBBUB_PING_INTERVAL", global = true)]
+    pub ping_interval: Option<u64>,
+
+    /// Seconds a pinged client has to answer before it is disconnected
+    /// (half-open TCP) [default: 20].
+    #[arg(long, env = "HUBBUB_PONG_TIMEOUT", global = true)]
+    pub pong_timeout: Option<u64>,
+
     /// Rooms one connection may be in at once [default: 100].
     #[arg(long, env = "HUBBUB_MAX_ROOMS_PER_CONN", global = true)]
     pub max_rooms_per_conn: Option<usize>,
@@ -229,6 +286,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log: String,
     pub limits: Limits,
+    pub allowed_origins: Origins,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub memory_limit_mb: u64,
     pub history_cache: usize,
     pub history_batch: usize,
     pub history_queue: usize,
@@ -280,6 +341,31 @@ pub struct Limits {
     /// Most messages replayed for one `join` with `since`; older ones are
     /// left to `history` paging.
     pub max_resume: usize,
+    pub user_messages_per_sec: u32,
+    pub typing_per_sec: u32,
+    pub joins_per_sec: u32,
+    pub history_per_sec: u32,
+    pub connections_per_ip_per_sec: u32,
+    pub max_conns_per_user: usize,
+    /// 0 until [`Options::resolve`]'s caller fills it from the fd limit.
+    pub max_connections: usize,
+}
+
+/// Which browser origins may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    Any,
+    List(Vec<String>),
+}
+
+impl Origins {
+    /// Is a request with this `Origin` header (None: not a browser) allowed?
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match (self, origin) {
+            (_, None) | (Origins::Any, _) => true,
+            (Origins::List(list), Some(o)) => list.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        }
+    }
 }
 
 impl Options {
@@ -319,6 +405,32 @@ impl Options {
             max_history_page: 100,
             max_members_listed: 1000,
             max_resume: 10_000,
+            user_messages_per_sec: o.user_messages_per_sec.unwrap_or(20),
+            typing_per_sec: o.typing_per_sec.unwrap_or(5),
+            joins_per_sec: o.joins_per_sec.unwrap_or(10),
+            history_per_sec: o.history_per_sec.unwrap_or(5),
+            connections_per_ip_per_sec: o.connections_per_ip_per_sec.unwrap_or(50),
+            max_conns_per_user: o.max_conns_per_user.unwrap_or(10),
+            max_connections: o.max_connections.unwrap_or(0),
+        };
+        let rates = [
+            limits.user_messages_per_sec,
+            limits.typing_per_sec,
+            limits.joins_per_sec,
+            limits.history_per_sec,
+            limits.connections_per_ip_per_sec,
+        ];
+        if rates.contains(&0) || limits.max_conns_per_user == 0 {
+            bail!("rate limits and --max-conns-per-user must be at least 1");
+        }
+        let dev = matches!(key, JwtKey::Secret { dev: true, .. });
+        let allowed_origins = match o.allowed_origins {
+            Some(list) if list.iter().any(|o| o.trim() == "*") => Origins::Any,
+            Some(list) => Origins::List(
+                list.into_iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
+            ),
+            None if dev => Origins::Any,
+            None => Origins::List(Vec::new()),
         };
         if limits.max_frame_bytes < limits.max_message_bytes + 1024 {
             bail!("--max-frame-bytes must exceed --max-message-bytes by at least 1024");
@@ -344,6 +456,10 @@ impl Options {
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             log: o.log.unwrap_or_else(|| "info".to_owned()),
             limits,
+            allowed_origins,
+            ping_interval: Duration::from_secs(o.ping_interval.unwrap_or(30).max(1)),
+            pong_timeout: Duration::from_secs(o.pong_timeout.unwrap_or(20).max(1)),
+            memory_limit_mb: o.memory_limit_mb.unwrap_or(0),
             history_cache: o.history_cache.unwrap_or(256).max(1),
             history_batch: o.history_batch.unwrap_or(1024).max(1),
             history_queue: o.history_queue.unwrap_or(65_536).max(1),
@@ -361,7 +477,9 @@ impl Options {
             config, listen, data_dir, workers, driver, jwt_secret, jwt_public_key, jwt_issuer,
             jwt_audience, jwt_leeway, room_policy, content_policy, echo_endpoint, log_format,
             log, max_message_bytes, max_frame_bytes, messages_per_sec, message_burst,
-            max_rooms_per_conn, history_cache, history_batch, history_queue,
+            max_rooms_per_conn, history_cache, user_messages_per_sec, typing_per_sec,
+            joins_per_sec, history_per_sec, connections_per_ip_per_sec, max_conns_per_user,
+            max_connections, memory_limit_mb, allowed_origins, ping_interval, pong_timeout, history_batch, history_queue,
             max_outbound_bytes, handshake_timeout, shutdown_grace,
         )
     }
@@ -422,6 +540,20 @@ mod tests {
     fn secret_and_key_together_are_refused() {
         let opts = parse(&["--jwt-secret", "s", "--jwt-public-key", "-----BEGIN PUBLIC KEY-----"]);
         assert!(opts.resolve().is_err());
+    }
+
+    #[test]
+    fn origins_default_open_only_with_the_development_secret() {
+        let dev = Options::default().resolve().unwrap();
+        assert_eq!(dev.allowed_origins, Origins::Any);
+        let prod = parse(&["--jwt-secret", "s"]).resolve().unwrap();
+        assert!(!prod.allowed_origins.allows(Some("https://evil.example")));
+        assert!(prod.allowed_origins.allows(None), "non-browser clients send no Origin");
+        let listed = parse(&["--jwt-secret", "s", "--allowed-origins", "https://app.example/,x"])
+            .resolve()
+            .unwrap();
+        assert!(listed.allowed_origins.allows(Some("https://app.example")));
+        assert!(!listed.allowed_origins.allows(Some("https://app.example.evil")));
     }
 
     #[test]

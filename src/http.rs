@@ -16,6 +16,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::admission::Refusal;
 use crate::auth::{self, AuthError};
 use crate::conn;
 use crate::protocol::{Code, DEFAULT_PAGE};
@@ -60,19 +61,47 @@ impl Head {
     }
 }
 
-enum HeadError {
+/// Why a request head could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
     TooLarge,
     Malformed,
     Closed,
+}
+
+/// Parse a request head from the start of `buf`: `Ok(None)` when more bytes
+/// are needed, else the head and its length in bytes. Pure, so that it can
+/// be fuzzed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                None => (target.to_owned(), None),
+            };
+            let head = Head {
+                method: req.method.unwrap_or("").to_owned(),
+                path,
+                query,
+                version: req.version.unwrap_or(0),
+                headers: req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+            };
+            Ok(Some((head, n)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed),
+    }
 }
 
 /// Read until the end of the head; returns it and any bytes read past it.
 async fn read_head(stream: &mut TcpStream) -> Result<(Head, BytesMut), HeadError> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         if buf.capacity() == buf.len() {
             buf.reserve(2048);
         }
@@ -83,31 +112,22 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Head, BytesMut), HeadError
             Ok(0) | Err(_) => return Err(HeadError::Closed),
             Ok(_) => {}
         }
-
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-                    None => (target.to_owned(), None),
-                };
-                let head = Head {
-                    method: req.method.unwrap_or("").to_owned(),
-                    path,
-                    query,
-                    version: req.version.unwrap_or(0),
-                    headers: req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
-                };
-                let rest = buf.split_off(n);
-                return Ok((head, rest));
-            }
-            Ok(httparse::Status::Partial) => continue,
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Malformed),
+        if let Some((head, n)) = parse_head(&buf)? {
+            let rest = buf.split_off(n);
+            return Ok((head, rest));
         }
     }
+}
+
+/// Turn a connection away before serving it: read its head briefly (closing
+/// with unread input would reset the socket and lose the answer), then
+/// answer with the refusal's status.
+pub async fn refuse_early(mut stream: TcpStream, why: Refusal) {
+    let wait = std::time::Duration::from_secs(1);
+    if let Ok(Err(HeadError::Closed)) = monoio::time::timeout(wait, read_head(&mut stream)).await {
+        return;
+    }
+    respond(&mut stream, why.status(), why.message(), "Retry-After: 1\r\n").await;
 }
 
 /// Serve one accepted TCP connection.
@@ -116,11 +136,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let (head, rest) = match monoio::time::timeout(timeout, read_head(&mut stream)).await {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(HeadError::TooLarge)) => {
-            return respond(&mut stream, 431, "request header fields too large").await;
+            return respond(&mut stream, 431, "request header fields too large", "").await;
         }
-        Ok(Err(HeadError::Malformed)) => return respond(&mut stream, 400, "malformed request").await,
+        Ok(Err(HeadError::Malformed)) => return respond(&mut stream, 400, "malformed request", "").await,
         Ok(Err(HeadError::Closed)) => return,
-        Err(_) => return respond(&mut stream, 408, "request timeout").await,
+        Err(_) => return respond(&mut stream, 408, "request timeout", "").await,
     };
 
     match (head.method.as_str(), head.path.as_str()) {
@@ -140,28 +160,37 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             };
             send(&mut stream, status, "application/json", body.as_bytes(), "").await;
         }
-        ("GET", path) if path.starts_with("/api/rooms/") && path.ends_with("/messages") => {
-            api_history(shard, &mut stream, &head).await
-        }
-        (_, "/health" | "/ready") => respond(&mut stream, 405, "method not allowed").await,
-        _ => respond(&mut stream, 404, "not found").await,
+        ("GET", path) if is_api(path) => api_history(shard, &mut stream, &head).await,
+        ("OPTIONS", path) if is_api(path) => preflight(&shard, &mut stream, &head).await,
+        (_, "/health" | "/ready") => respond(&mut stream, 405, "method not allowed", "").await,
+        _ => respond(&mut stream, 404, "not found", "").await,
     }
+}
+
+fn is_api(path: &str) -> bool {
+    path.starts_with("/api/rooms/") && path.ends_with("/messages")
 }
 
 async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest: BytesMut) {
     let shared = shard.shared.clone();
+
+    // 1. A valid RFC 6455 upgrade, from an allowed origin.
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let upgrade = match check(&head, &mut headers) {
         Ok(u) => u,
         Err(err) => {
-            shared.stats.refused_upgrade.fetch_add(1, Ordering::Relaxed);
+            shard.note_refused(Refusal::BadUpgrade, err.reason);
             let _ = stream.write_all(err.response()).await;
             return;
         }
     };
+    if !shared.config.allowed_origins.allows(head.header_str("origin")) {
+        shard.note_refused(Refusal::Origin, "origin not on --allowed-origins");
+        return respond(&mut stream, 403, Refusal::Origin.message(), "").await;
+    }
 
-    // The token: `?token=`, `Authorization: Bearer`, or the subprotocol pair
-    // `bearer, <jwt>` (browsers cannot set headers on a WebSocket).
+    // 2. The token: `?token=`, `Authorization: Bearer`, or the subprotocol
+    // pair `bearer, <jwt>` (browsers cannot set headers on a WebSocket).
     let mut protocol = None;
     let token = head.param("token").or_else(|| head.bearer().map(str::to_owned)).or_else(|| {
         match upgrade.protocols.as_slice() {
@@ -175,14 +204,22 @@ async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest:
     let user = match shared.verifier.verify(token.as_deref().unwrap_or("")) {
         Ok(user) => Arc::new(user),
         Err(err) => {
-            shard.note_refused(err.label());
-            return refuse_auth(&mut stream, &err).await;
+            shard.note_refused(Refusal::Auth, err.label());
+            return refuse_auth(&mut stream, &err, "").await;
         }
     };
 
+    // 3. Room for one more connection: process, memory and per-user caps.
     if shared.shutting_down.load(Ordering::Relaxed) {
-        return respond(&mut stream, 503, "server shutting down").await;
+        return respond(&mut stream, 503, Refusal::Stopping.message(), "").await;
     }
+    let open = shared.stats.connections.load(Ordering::Relaxed).max(0) as usize;
+    if let Err(why) = shared.admission.admit(&user.id, open) {
+        shard.note_refused(why, "");
+        let extra = if why.status() == 429 { "Retry-After: 5\r\n" } else { "" };
+        return respond(&mut stream, why.status(), why.message(), extra).await;
+    }
+
     let response = ws::response_101(&upgrade.accept, protocol);
     conn::run_chat(shard, stream, user, response, rest).await;
 }
@@ -215,28 +252,31 @@ fn check<'h>(
 /// `GET /api/rooms/{room}/messages?before=&limit=` with a Bearer token.
 async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
     let shared = shard.shared.clone();
+    let Some(cors) = cors_headers(&shard, head) else {
+        return respond(stream, 403, Refusal::Origin.message(), "").await;
+    };
     let user = match shared.verifier.verify(head.bearer().unwrap_or("")) {
         Ok(user) => user,
-        Err(err) => return refuse_auth(stream, &err).await,
+        Err(err) => return refuse_auth(stream, &err, &cors).await,
     };
 
     let raw = &head.path["/api/rooms/".len()..head.path.len() - "/messages".len()];
     let room = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
     if !auth::valid_room_id(&room) {
-        return respond(stream, 400, "invalid room id").await;
+        return respond(stream, 400, "invalid room id", &cors).await;
     }
     if !shared.verifier.may_join(&user, &room) {
-        return respond(stream, 403, "not allowed in this room").await;
+        return respond(stream, 403, "not allowed in this room", &cors).await;
     }
     let before = match head.param("before").map(|v| v.parse::<u64>()) {
         None => None,
         Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return respond(stream, 400, "before must be a seq number").await,
+        Some(Err(_)) => return respond(stream, 400, "before must be a seq number", &cors).await,
     };
     let limit = match head.param("limit").map(|v| v.parse::<usize>()) {
         None => DEFAULT_PAGE,
         Some(Ok(v)) if (1..=shared.config.limits.max_history_page).contains(&v) => v,
-        Some(_) => return respond(stream, 400, "limit must be 1..100").await,
+        Some(_) => return respond(stream, 400, "limit must be 1..100", &cors).await,
     };
 
     let (tx, rx) = futures_channel::oneshot::channel();
@@ -244,18 +284,49 @@ async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
     let req = HistoryReq { room: room.clone(), with: None, before, limit, reply: ReplyTo::Http(tx) };
     shared.send(shared.owner(&room), ShardMsg::History(Box::new(req)));
     match rx.await {
-        Ok(Ok(body)) => send(stream, 200, "application/json", &body, "").await,
-        Ok(Err(err)) if err.code == Code::Unavailable => respond(stream, 503, &err.message).await,
-        Ok(Err(err)) => respond(stream, 400, &err.message).await,
-        Err(_) => respond(stream, 503, "server shutting down").await,
+        Ok(Ok(body)) => send(stream, 200, "application/json", &body, &cors).await,
+        Ok(Err(err)) if err.code == Code::Unavailable => {
+            respond(stream, 503, &err.message, &cors).await
+        }
+        Ok(Err(err)) => respond(stream, 400, &err.message, &cors).await,
+        Err(_) => respond(stream, 503, "server shutting down", &cors).await,
     }
 }
 
-async fn refuse_auth(stream: &mut TcpStream, err: &AuthError) {
+/// CORS response headers for an API request, or None when its `Origin` is
+/// not allowed. Requests without an Origin (not from a browser) get none.
+fn cors_headers(shard: &Shard, head: &Head) -> Option<String> {
+    let origin = head.header_str("origin");
+    if !shard.shared.config.allowed_origins.allows(origin) {
+        shard.note_refused(Refusal::Origin, "api origin not on --allowed-origins");
+        return None;
+    }
+    Some(match origin {
+        // Echo the one origin rather than `*`: the API takes credentials.
+        Some(o) if !o.contains(['\r', '\n']) => {
+            format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
+        }
+        _ => String::new(),
+    })
+}
+
+/// The CORS preflight of an API call.
+async fn preflight(shard: &Shard, stream: &mut TcpStream, head: &Head) {
+    let Some(cors) = cors_headers(shard, head) else {
+        return respond(stream, 403, Refusal::Origin.message(), "").await;
+    };
+    let extra = format!(
+        "{cors}Access-Control-Allow-Methods: GET, OPTIONS\r\n\
+         Access-Control-Allow-Headers: Authorization\r\nAccess-Control-Max-Age: 600\r\n"
+    );
+    send(stream, 204, "text/plain", b"", &extra).await;
+}
+
+async fn refuse_auth(stream: &mut TcpStream, err: &AuthError, cors: &str) {
     tracing::debug!(reason = err.label(), "refused: bad token");
-    let extra = "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n";
+    let extra = format!("{cors}WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
     let body = error_body(&err.to_string());
-    send(stream, 401, "application/json", body.as_bytes(), extra).await;
+    send(stream, 401, "application/json", body.as_bytes(), &extra).await;
 }
 
 fn health(shard: &Shard) -> String {
@@ -282,10 +353,12 @@ fn health(shard: &Shard) -> String {
         "stats": {
             "connections_total": shared.stats.connections_total.load(Ordering::Relaxed),
             "messages_in": shared.stats.messages_in.load(Ordering::Relaxed),
-            "refused_auth": shared.stats.refused_auth.load(Ordering::Relaxed),
-            "refused_upgrade": shared.stats.refused_upgrade.load(Ordering::Relaxed),
             "slow_consumers": shared.stats.slow_consumers.load(Ordering::Relaxed),
         },
+        "refused": Refusal::ALL
+            .iter()
+            .map(|r| (r.label().to_owned(), shared.admission.refused(*r).into()))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
     });
     value.to_string()
 }
@@ -294,10 +367,11 @@ fn error_body(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
-/// A JSON error response: `{"error": reason}`.
-async fn respond(stream: &mut TcpStream, status: u16, reason: &str) {
-    let extra = if status == 405 { "Allow: GET\r\n" } else { "" };
-    send(stream, status, "application/json", error_body(reason).as_bytes(), extra).await;
+/// A JSON error response: `{"error": reason}`, with extra header lines.
+pub async fn respond(stream: &mut TcpStream, status: u16, reason: &str, extra: &str) {
+    let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
+    let extra = format!("{allow}{extra}");
+    send(stream, status, "application/json", error_body(reason).as_bytes(), &extra).await;
 }
 
 async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8], extra: &str) {
@@ -315,6 +389,8 @@ async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u
 fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        204 => "No Content",
+        429 => "Too Many Requests",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

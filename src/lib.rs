@@ -11,6 +11,7 @@
 //!
 //! Modules:
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
+//! - [`admission`]: connection admission and limits shared by all workers.
 //! - [`auth`]: JWT verification and room access.
 //! - [`protocol`]: the frames of `PROTOCOL.md` and their JSON.
 //! - [`content`]: message content sanitising.
@@ -21,6 +22,7 @@
 //! - [`store`]: the history store interface, embedded store and batch writer.
 //! - [`server`]: start-up, worker threads and shutdown.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -35,8 +35,12 @@ pub struct Running {
 }
 
 /// Start everything and return once every worker is listening.
-pub fn start(config: Config) -> anyhow::Result<Running> {
-    raise_nofile_limit();
+pub fn start(mut config: Config) -> anyhow::Result<Running> {
+    let nofile = raise_nofile_limit();
+    if config.limits.max_connections == 0 {
+        // Leave room for the store, listeners and sockets being accepted.
+        config.limits.max_connections = (nofile as usize * 9 / 10).saturating_sub(64).max(1);
+    }
     if let JwtKey::Secret { dev: true, .. } = config.jwt.key {
         tracing::warn!(
             "no --jwt-secret or --jwt-public-key: using the built-in DEVELOPMENT secret; \
@@ -63,6 +67,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let verifier = Verifier::new(&config.jwt, config.room_policy)?;
     let addr = resolve_port(config.listen)?;
     let shared = Arc::new(Shared::new(config, verifier, store, writer, mailboxes));
+    shared.admission.watch_memory(shared.config.memory_limit_mb);
 
     // One thread per worker; each reports back once its listener is bound.
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -90,6 +95,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         driver = shared.driver.get().copied().unwrap_or("unknown"),
         store = shared.store.kind(),
         data_dir = %shared.config.data_dir.display(),
+        max_connections = shared.config.limits.max_connections,
         "listening"
     );
     Ok(Running { addr, shared, workers, writer: writer_thread })
@@ -188,6 +194,7 @@ async fn worker_main(
 
     let shard = Rc::new(Shard::new(id, shared.clone()));
     monoio::spawn(shard.clone().dispatch(inbox));
+    monoio::spawn(shard.clone().keepalive());
     accept_loop(&shard, &listener).await;
     drop(listener);
 
@@ -207,7 +214,12 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             _ = shard.stopped() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                if let Err(why) = shard.shared.admission.check_ip(peer.ip()) {
+                    shard.note_refused(why, "");
+                    monoio::spawn(http::refuse_early(stream, why));
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let conn = std::panic::AssertUnwindSafe(http::serve(shard.clone(), stream));
                 let shard_id = shard.id;
@@ -244,7 +256,7 @@ fn resolve_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 
 /// Raise the soft RLIMIT_NOFILE to the hard limit: each connection is a file
 /// descriptor, and distributions default the soft limit to 1024.
-fn raise_nofile_limit() {
+fn raise_nofile_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
@@ -256,4 +268,5 @@ fn raise_nofile_limit() {
         }
     }
     tracing::debug!(nofile = lim.rlim_cur, "file descriptor limit");
+    lim.rlim_cur as u64
 }

@@ -158,7 +158,7 @@ async fn bad_tokens_are_refused_at_the_upgrade_with_401() {
 
     let (_, health) = http_get(server.port, "/health", None).unwrap();
     let health: Value = serde_json::from_str(&health).unwrap();
-    assert!(health["stats"]["refused_auth"].as_u64().unwrap() >= 9, "{health}");
+    assert!(health["refused"]["auth"].as_u64().unwrap() >= 9, "{health}");
 }
 
 #[tokio::test]
@@ -213,7 +213,7 @@ async fn oversized_frames_and_invalid_utf8_close_the_connection() {
 
 #[tokio::test]
 async fn a_full_history_queue_answers_unavailable_and_loses_nothing_acked() {
-    let server = Server::start(&["--history-queue", "1", "--messages-per-sec", "10000", "--message-burst", "10000"]);
+    let server = Server::start(&["--history-queue", "1", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
     let mut clients = Vec::new();
     for i in 0..6 {
         let mut c = server.connect(&format!("s{i}")).await;

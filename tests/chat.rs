@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Limits high enough that the tests, not the rate limiter, set the pace.
-const FAST: &[&str] = &["--messages-per-sec", "10000", "--message-burst", "10000"];
+const FAST: &[&str] = &["--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"];
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().map(|f| f["seq"].as_u64().expect("seq")).collect()
@@ -60,7 +60,7 @@ async fn room_messages_reach_every_member_once_with_acks() {
 
 #[tokio::test]
 async fn concurrent_senders_across_workers_share_one_gap_free_order() {
-    let server = Server::start(&["--workers", "4", "--messages-per-sec", "10000", "--message-burst", "10000"]);
+    let server = Server::start(&["--workers", "4", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
     let room = "course:race";
     let mut clients = Vec::new();
     for i in 0..8 {
@@ -119,7 +119,7 @@ async fn resume_with_since_replays_the_gap_without_duplicates() {
 
 #[tokio::test]
 async fn resume_reaches_beyond_the_memory_cache() {
-    let server = Server::start(&["--history-cache", "4", "--messages-per-sec", "10000", "--message-burst", "10000"]);
+    let server = Server::start(&["--history-cache", "4", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
     let mut a = server.connect("ana").await;
     a.join("deep").await;
     for i in 0..20 {
@@ -133,7 +133,7 @@ async fn resume_reaches_beyond_the_memory_cache() {
 
 #[tokio::test]
 async fn history_pages_newest_first_over_ws_and_http() {
-    let server = Server::start(&["--history-cache", "16", "--messages-per-sec", "10000", "--message-burst", "10000"]);
+    let server = Server::start(&["--history-cache", "16", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
     let mut a = server.connect("ana").await;
     a.join("hist").await;
     for i in 1..=120 {

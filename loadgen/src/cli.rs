@@ -58,13 +58,19 @@ impl Scenario {
 
 /// Flags every scenario takes.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Common options")]
 pub struct Common {
     /// Full WebSocket URL of the chat endpoint, path included (ws:// only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws/chat")]
+    #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat")]
     pub url: String,
 
     /// HS256 secret the server verifies tokens with.
-    #[arg(long, env = "CHAT_JWT_SECRET", default_value = "dev-secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_JWT_SECRET",
+        default_value = "dev-secret",
+        hide_env_values = true
+    )]
     pub secret: String,
 
     /// Number of client connections.
@@ -128,9 +134,6 @@ pub struct Common {
 /// `classroom`: rooms of students and one teacher each.
 #[derive(Debug, Args)]
 pub struct ClassroomArgs {
-    #[command(flatten)]
-    pub common: Common,
-
     /// Students per room; each room also has one teacher.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_size: u32,
@@ -146,14 +149,14 @@ pub struct ClassroomArgs {
     /// Do not send a `typing` frame ahead of each message.
     #[arg(long)]
     pub no_typing: bool,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `lecture`: one teacher per room broadcasting to everyone else.
 #[derive(Debug, Args)]
 pub struct LectureArgs {
-    #[command(flatten)]
-    pub common: Common,
-
     /// Number of lecture rooms; the clients are split evenly, one teacher each.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rooms: u32,
@@ -165,25 +168,25 @@ pub struct LectureArgs {
     /// Messages per second each student sends (questions); 0 keeps students silent.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
     pub student_rate: f64,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `dm`: clients paired up, each sending direct messages to its partner.
 #[derive(Debug, Args)]
 pub struct DmArgs {
-    #[command(flatten)]
-    pub common: Common,
-
     /// Direct messages per second each client sends to its partner.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
     pub rate: f64,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `churn`: students cycling through connect, join, chat, leave, disconnect, reconnect.
 #[derive(Debug, Args)]
 pub struct ChurnArgs {
-    #[command(flatten)]
-    pub common: Common,
-
     /// Students per room.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_size: u32,
@@ -199,17 +202,20 @@ pub struct ChurnArgs {
     /// Time a student stays away between leaving and reconnecting.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub away: Duration,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `idle`: connections that join and then only hold.
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    #[command(flatten)]
-    pub common: Common,
-
     /// Connections per room.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_size: u32,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -264,7 +270,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Scenario::Classroom(args) = &cli.scenario else { panic!("wrong scenario") };
+        let Scenario::Classroom(args) = &cli.scenario else {
+            panic!("wrong scenario")
+        };
         assert_eq!(args.common.clients, 62);
         assert_eq!(args.common.duration, Duration::from_secs(5));
         assert_eq!(args.rate, 2.0);

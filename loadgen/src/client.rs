@@ -76,11 +76,17 @@ impl Schedule {
                 t
             }
         });
-        Schedule { plan, period, next_send, next_typing }
+        Schedule {
+            plan,
+            period,
+            next_send,
+            next_typing,
+        }
     }
 
     fn due(&self) -> Instant {
-        self.next_typing.map_or(self.next_send, |t| t.min(self.next_send))
+        self.next_typing
+            .map_or(self.next_send, |t| t.min(self.next_send))
     }
 }
 
@@ -147,9 +153,10 @@ impl Dialer {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0);
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-            .await
-            .map_err(|e| ws_cause(&e))?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+                .await
+                .map_err(|e| ws_cause(&e))?;
         Ok(ws)
     }
 }
@@ -185,7 +192,11 @@ impl Conn {
             }
         }
         let deadline = Instant::now() + wait;
-        if self.pump(s, None, deadline, |s| s.pending_joins == 0).await.is_err() {
+        if self
+            .pump(s, None, deadline, |s| s.pending_joins == 0)
+            .await
+            .is_err()
+        {
             return false;
         }
         let cause = if s.pending_joins > 0 {
@@ -202,7 +213,12 @@ impl Conn {
     }
 
     /// Reads frames, and sends on `plan`'s schedule if given, until `until`.
-    pub async fn run(&mut self, s: &mut Session, plan: Option<Plan>, until: Instant) -> Result<(), Gone> {
+    pub async fn run(
+        &mut self,
+        s: &mut Session,
+        plan: Option<Plan>,
+        until: Instant,
+    ) -> Result<(), Gone> {
         let mut schedule = plan.filter(|p| p.rate > 0.0).map(Schedule::start);
         self.pump(s, schedule.as_mut(), until, |_| false).await
     }
@@ -213,7 +229,8 @@ impl Conn {
             self.send(frame).await?;
         }
         let deadline = Instant::now() + GOODBYE_TIMEOUT;
-        self.pump(s, None, deadline, |s| s.pending_leaves == 0).await
+        self.pump(s, None, deadline, |s| s.pending_leaves == 0)
+            .await
     }
 
     /// Closes with a close frame and waits for the server's reply, still counting what
@@ -278,7 +295,12 @@ impl Conn {
     }
 
     /// Sends whatever the schedule has due at `now`.
-    async fn send_due(&mut self, s: &mut Session, sc: &mut Schedule, now: Instant) -> Result<(), Gone> {
+    async fn send_due(
+        &mut self,
+        s: &mut Session,
+        sc: &mut Schedule,
+        now: Instant,
+    ) -> Result<(), Gone> {
         if let Some(t) = sc.next_typing.filter(|t| *t <= now) {
             sc.next_typing = Some(t + sc.period);
             if let Some(frame) = s.typing_frame() {

@@ -13,7 +13,9 @@ static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
 
 fn anchor() -> &'static (Instant, u64) {
     ANCHOR.get_or_init(|| {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         (Instant::now(), wall.as_micros() as u64)
     })
 }

@@ -62,7 +62,9 @@ fn start() -> Result<()> {
 
     let threads = usize::from(common.threads);
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -74,7 +76,10 @@ fn start() -> Result<()> {
 
 async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Result<()> {
     let common = scenario.common();
-    let tag = common.tag.clone().unwrap_or_else(|| format!("lg{:x}", clock::now_us() % 0xff_ffff));
+    let tag = common
+        .tag
+        .clone()
+        .unwrap_or_else(|| format!("lg{:x}", clock::now_us() % 0xff_ffff));
     let exp = clock::now_secs() + (common.duration + common.drain).as_secs() + TOKEN_SLACK_SECS;
     eprintln!(
         "{} against {} with {} clients for {} (tag {tag})",
@@ -111,7 +116,10 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
     );
     print!("{}", summary.table());
     if scenario.name() == "idle" {
-        println!("held         {} connections joined and open when the hold ended", outcome.held);
+        println!(
+            "held         {} connections joined and open when the hold ended",
+            outcome.held
+        );
     }
     warn_about_rate_limit(scenario, limit);
 
@@ -121,8 +129,14 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &common.plot {
-        let title = format!("{} — {} clients — {}", scenario.name(), common.clients, common.url);
-        plot::draw(path, &title, &outcome).with_context(|| format!("drawing {}", path.display()))?;
+        let title = format!(
+            "{} — {} clients — {}",
+            scenario.name(),
+            common.clients,
+            common.url
+        );
+        plot::draw(path, &title, &outcome)
+            .with_context(|| format!("drawing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -130,7 +144,10 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
 
 /// Resolves `--url` to an address and the prefix the token is appended to.
 fn target(common: &Common) -> Result<(SocketAddr, String)> {
-    let uri: Uri = common.url.parse().with_context(|| format!("--url {}", common.url))?;
+    let uri: Uri = common
+        .url
+        .parse()
+        .with_context(|| format!("--url {}", common.url))?;
     if uri.scheme_str() != Some("ws") {
         bail!("--url must start with ws:// (the generator speaks plain WebSocket only)");
     }
@@ -161,7 +178,10 @@ fn is_loopback_v4(addr: &SocketAddr) -> bool {
 /// Lifts the soft open-file limit to the hard one: every client holds a socket, and the
 /// usual soft default of 1024 would fail a run of a few thousand clients.
 fn raise_fd_limit(clients: usize) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit and setrlimit write to / read from a valid rlimit struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {

@@ -18,6 +18,9 @@ pub struct Verdict {
     /// Numbers skipped over between the `since` of a resuming join and the room's
     /// `last_seq` at that join: history the server should have replayed.
     pub resume_missed: u64,
+    /// The message is replayed history (at or below a resuming join's `last_seq`), not a
+    /// live delivery, so its age says nothing about delivery latency.
+    pub replayed: bool,
 }
 
 /// One receiving connection's view of one room's `seq`.
@@ -79,6 +82,7 @@ impl RoomOrder {
         let skipped_from = last + 1;
         match self.resume_until {
             Some(bound) => {
+                verdict.replayed = seq <= bound;
                 let missed_end = seq.min(bound.saturating_add(1));
                 verdict.resume_missed = missed_end.saturating_sub(skipped_from);
                 verdict.lost = seq - skipped_from.max(missed_end);
@@ -190,7 +194,13 @@ mod tests {
         let mut o = RoomOrder::default();
         o.joined(0);
         let v = run(&mut o, &[1, 2, 5, 6, 9]);
-        assert_eq!(v, Verdict { lost: 4, ..Verdict::default() });
+        assert_eq!(
+            v,
+            Verdict {
+                lost: 4,
+                ..Verdict::default()
+            }
+        );
     }
 
     #[test]
@@ -205,7 +215,13 @@ mod tests {
         let mut o = RoomOrder::default();
         o.joined(0);
         let v = run(&mut o, &[1, 2, 2, 3, 1, 4]);
-        assert_eq!(v, Verdict { out_of_order: 2, ..Verdict::default() });
+        assert_eq!(
+            v,
+            Verdict {
+                out_of_order: 2,
+                ..Verdict::default()
+            }
+        );
     }
 
     #[test]
@@ -213,7 +229,14 @@ mod tests {
         let mut o = RoomOrder::default();
         o.joined(0);
         let v = run(&mut o, &[1, 3, 2, 4]);
-        assert_eq!(v, Verdict { lost: 1, out_of_order: 1, resume_missed: 0 });
+        assert_eq!(
+            v,
+            Verdict {
+                lost: 1,
+                out_of_order: 1,
+                ..Verdict::default()
+            }
+        );
     }
 
     #[test]
@@ -232,7 +255,9 @@ mod tests {
         run(&mut o, &[1, 2, 3]);
         o.joining(o.last());
         o.joined(6);
-        assert_eq!(run(&mut o, &[4, 5, 6, 7, 8]), Verdict::default());
+        assert!(o.observe(4).replayed);
+        assert_eq!(run(&mut o, &[5, 6, 7, 8]), Verdict::default());
+        assert!(!o.observe(9).replayed);
     }
 
     #[test]
@@ -244,7 +269,13 @@ mod tests {
         o.joined(6);
         // 4..=6 were history the server did not replay; 7 and 8 are live.
         let v = run(&mut o, &[7, 8]);
-        assert_eq!(v, Verdict { resume_missed: 3, ..Verdict::default() });
+        assert_eq!(
+            v,
+            Verdict {
+                resume_missed: 3,
+                ..Verdict::default()
+            }
+        );
     }
 
     #[test]
@@ -256,7 +287,14 @@ mod tests {
         o.joined(3);
         // 2, 3 were owed as history, 4 and 5 as live messages.
         let v = o.observe(6);
-        assert_eq!(v, Verdict { lost: 2, out_of_order: 0, resume_missed: 2 });
+        assert_eq!(
+            v,
+            Verdict {
+                lost: 2,
+                resume_missed: 2,
+                ..Verdict::default()
+            }
+        );
         // Out of resume mode now: later gaps are plain losses.
         assert_eq!(o.observe(8).lost, 1);
     }
@@ -268,7 +306,14 @@ mod tests {
         o.observe(1);
         o.joining(o.last());
         let v = o.observe(5);
-        assert_eq!(v, Verdict { resume_missed: 3, ..Verdict::default() });
+        assert_eq!(
+            v,
+            Verdict {
+                resume_missed: 3,
+                replayed: true,
+                ..Verdict::default()
+            }
+        );
     }
 
     #[test]

@@ -23,8 +23,12 @@ type Line = (&'static str, RGBColor, fn(&Second) -> Option<u64>);
 /// Max comes first and thin, so the percentiles stay visible where they meet it (with few
 /// samples in a second, p99.9 often equals max).
 const LATENCY_LINES: [Line; 6] = [
-    ("max", RGBColor(170, 170, 170), |s| s.delivery.map(|p| p.max)),
-    ("p99.9", RGBColor(214, 39, 40), |s| s.delivery.map(|p| p.p999)),
+    ("max", RGBColor(170, 170, 170), |s| {
+        s.delivery.map(|p| p.max)
+    }),
+    ("p99.9", RGBColor(214, 39, 40), |s| {
+        s.delivery.map(|p| p.p999)
+    }),
     ("p99", RGBColor(255, 127, 14), |s| s.delivery.map(|p| p.p99)),
     ("p90", RGBColor(44, 160, 44), |s| s.delivery.map(|p| p.p90)),
     ("p50", RGBColor(31, 119, 180), |s| s.delivery.map(|p| p.p50)),
@@ -68,16 +72,31 @@ fn x_range(o: &Outcome) -> std::ops::Range<f64> {
 /// its max can reach seconds.
 fn latency_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, o: &Outcome) -> Result<()> {
     let ms = |us: u64| (us as f64 / 1000.0).max(0.001);
-    let values = o.seconds.iter().flat_map(|s| LATENCY_LINES.iter().filter_map(|l| (l.2)(s)));
-    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), us| (lo.min(ms(us)), hi.max(ms(us))));
-    let (lo, hi) = if hi == 0.0 { (0.01, 10.0) } else { (lo / 2.0, hi * 2.0) };
+    let values = o
+        .seconds
+        .iter()
+        .flat_map(|s| LATENCY_LINES.iter().filter_map(|l| (l.2)(s)));
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), us| {
+        (lo.min(ms(us)), hi.max(ms(us)))
+    });
+    let (lo, hi) = if hi == 0.0 {
+        (0.01, 10.0)
+    } else {
+        (lo / 2.0, hi * 2.0)
+    };
 
     let mut chart = ChartBuilder::on(area)
-        .caption("delivery latency per second (sampled recipients) and send lag", ("sans-serif", 18))
+        .caption(
+            "delivery latency per second (sampled recipients) and send lag",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(72)
-        .build_cartesian_2d(x_range(o), (lo..hi).log_scale().with_key_points(ticks_125(lo, hi)))
+        .build_cartesian_2d(
+            x_range(o),
+            (lo..hi).log_scale().with_key_points(ticks_125(lo, hi)),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -89,13 +108,19 @@ fn latency_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, o: &Outcome) -> R
         .map_err(err)?;
 
     for (name, color, pick) in LATENCY_LINES {
-        let points: Vec<(f64, f64)> = o.seconds.iter().filter_map(|s| Some((s.t, ms(pick(s)?)))).collect();
+        let points: Vec<(f64, f64)> = o
+            .seconds
+            .iter()
+            .filter_map(|s| Some((s.t, ms(pick(s)?))))
+            .collect();
         let width = if name == "max" { 1 } else { 2 };
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(width)))
             .map_err(err)?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(width)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(width))
+            });
     }
     markers(&mut chart, o, lo, hi)?;
     chart
@@ -183,7 +208,12 @@ where
     let grey = RGBColor(90, 90, 90);
     for (x, what) in [(o.ramp_secs, "ramp done"), (o.duration_secs, "stop")] {
         chart
-            .draw_series(DashedLineSeries::new(vec![(x, lo), (x, hi)], 6, 4, grey.stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                vec![(x, lo), (x, hi)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
             .map_err(err)?;
         // Anchored at the top of the line, shifted a few pixels right and down.
         let label = EmptyElement::at((x, hi))
@@ -233,7 +263,14 @@ mod tests {
 
     #[test]
     fn draws_a_png() {
-        let pct = |us| Percentiles { p50: us, p90: us * 2, p99: us * 4, p999: us * 8, max: us * 9, count: 10 };
+        let pct = |us| Percentiles {
+            p50: us,
+            p90: us * 2,
+            p99: us * 4,
+            p999: us * 8,
+            max: us * 9,
+            count: 10,
+        };
         let seconds = (1..=6)
             .map(|t| Second {
                 t: f64::from(t),

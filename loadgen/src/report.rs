@@ -38,7 +38,9 @@ impl<'a> Summary<'a> {
         let steady: Vec<_> = outcome
             .seconds
             .iter()
-            .filter(|s| s.t - s.len >= outcome.ramp_secs - 1e-6 && s.t <= outcome.duration_secs + 0.05)
+            .filter(|s| {
+                s.t - s.len >= outcome.ramp_secs - 1e-6 && s.t <= outcome.duration_secs + 0.05
+            })
             .collect();
         let steady_secs: f64 = steady.iter().map(|s| s.len).sum();
         let (delivered_per_sec, sent_per_sec, steady_secs) = if steady_secs >= 0.5 {
@@ -109,6 +111,7 @@ impl<'a> Summary<'a> {
             "lost": t.lost,
             "out_of_order": t.out_of_order,
             "resume_missed": t.resume_missed,
+            "replayed": t.replayed,
             "connect_failures": tally_json(&t.connect_failures),
             "disconnects": tally_json(&t.disconnects),
             "server_rate_limit": self.server_rate_limit,
@@ -147,8 +150,8 @@ impl<'a> Summary<'a> {
         );
         let _ = writeln!(
             w,
-            "order        {} lost, {} out of order, {} missed on resume",
-            t.lost, t.out_of_order, t.resume_missed
+            "order        {} lost, {} out of order, {} missed on resume ({} replayed)",
+            t.lost, t.out_of_order, t.resume_missed, t.replayed
         );
         let _ = writeln!(w, "errors       {}", tally_text(&t.errors));
         let _ = writeln!(w, "conn fails   {}", tally_text(&t.connect_failures));
@@ -204,7 +207,10 @@ fn tally_text(t: &Tally) -> String {
     if t.total() == 0 {
         return "none".to_owned();
     }
-    t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    t.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn round3(v: f64) -> f64 {
@@ -270,8 +276,15 @@ mod tests {
         let o = outcome();
         let v = Summary::new("classroom", "ws://x", 10, json!({"rate": 1}), &o, Some(10)).to_json();
         for key in [
-            "scenario", "clients", "sent", "delivered", "delivered_per_sec", "errors", "lost",
-            "out_of_order", "connect_failures",
+            "scenario",
+            "clients",
+            "sent",
+            "delivered",
+            "delivered_per_sec",
+            "errors",
+            "lost",
+            "out_of_order",
+            "connect_failures",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -35,7 +36,12 @@ pub struct Timing {
 impl Timing {
     pub fn new(duration: Duration, drain: Duration, ramp: f64) -> Self {
         let start = Instant::now();
-        Timing { start, stop_at: start + duration, close_at: start + duration + drain, ramp }
+        Timing {
+            start,
+            stop_at: start + duration,
+            close_at: start + duration + drain,
+            ramp,
+        }
     }
 
     fn secs(&self, at: Instant) -> f64 {
@@ -53,6 +59,7 @@ pub struct Second {
     pub sent: u64,
     pub delivered: u64,
     pub errors: u64,
+    /// Sequence numbers skipped in live streams (see `order`).
     pub lost: u64,
     /// Connections open at the end of the interval.
     pub open: i64,
@@ -86,10 +93,16 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let started = Arc::new(AtomicUsize::new(0));
     let (done_tx, done_rx) = oneshot::channel();
     let (held_tx, held_rx) = oneshot::channel();
-    let collector = tokio::spawn(collect(timing, clients, done_rx, held_rx, &STARTED));
+    let collector = tokio::spawn(collect(
+        timing,
+        clients,
+        done_rx,
+        held_rx,
+        Arc::clone(&started),
+    ));
 
     // Ramp: client i starts at i / ramp seconds; none start after sending has stopped.
     let mut set = JoinSet::new();
@@ -100,7 +113,7 @@ where
         }
         sleep_until(due).await;
         set.spawn(client(i));
-        STARTED.store(i + 1, Ordering::Relaxed);
+        started.store(i + 1, Ordering::Relaxed);
     }
     let ramp_end = Instant::now();
 
@@ -114,7 +127,7 @@ where
 
     let _ = done_tx.send(());
     let mut out = collector.await.expect("the collector does not panic");
-    out.started = STARTED.load(Ordering::Relaxed);
+    out.started = started.load(Ordering::Relaxed);
     if out.ramp_secs == 0.0 {
         out.ramp_secs = timing.secs(ramp_end);
     }
@@ -129,7 +142,7 @@ async fn collect(
     clients: usize,
     mut done: oneshot::Receiver<()>,
     held: oneshot::Receiver<i64>,
-    started: &'static AtomicUsize,
+    started: Arc<AtomicUsize>,
 ) -> Outcome {
     let duration_secs = timing.secs(timing.stop_at);
     let bar = progress_bar(duration_secs);
@@ -152,7 +165,7 @@ async fn collect(
             sent: current.sent,
             delivered: current.delivered,
             errors: current.errors.total(),
-            lost: current.lost + current.out_of_order + current.resume_missed,
+            lost: current.lost,
             open: stats::gauge(&OPEN),
             delivery: Percentiles::of(&current.delivery),
             lag_p99: Percentiles::of(&current.lag).map(|p| p.p99),
@@ -168,7 +181,9 @@ async fn collect(
         if ramp_secs == 0.0 && ramp_over && joined + failed >= all_started as u64 {
             ramp_secs = t;
             bar.suspend(|| {
-                eprintln!("{joined} of {all_started} clients joined ({failed} failed) after {t:.1} s")
+                eprintln!(
+                    "{joined} of {all_started} clients joined ({failed} failed) after {t:.1} s"
+                )
             });
         }
 
@@ -212,7 +227,8 @@ fn progress_text(s: &Second, totals: &Interval, started: usize) -> String {
     let p99 = s.delivery.map_or("-".to_owned(), |p| fmt_us(p.p99));
     let lag = s.lag_p99.map_or("-".to_owned(), fmt_us);
     format!(
-        "open {}/{} | sent {}/s | delivered {}/s | p99 {} | lag p99 {} | errors {} | lost {}",
+        "open {}/{} | sent {}/s | delivered {}/s | p99 {} | lag p99 {} | errors {} | lost {} \
+         | out of order {}",
         s.open,
         started,
         si(per_sec(s.sent)),
@@ -220,7 +236,8 @@ fn progress_text(s: &Second, totals: &Interval, started: usize) -> String {
         p99,
         lag,
         totals.errors.total(),
-        totals.lost + totals.out_of_order + totals.resume_missed,
+        totals.lost,
+        totals.out_of_order,
     )
 }
 

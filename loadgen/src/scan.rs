@@ -111,7 +111,10 @@ pub fn mark(frame: &[u8]) -> Option<Mark> {
     let rest = rest.strip_prefix(b";c=")?;
     let (conn, rest) = leading_number(rest)?;
     rest.strip_prefix(b";")?;
-    Some(Mark { sent_us, conn: u32::try_from(conn).ok()? })
+    Some(Mark {
+        sent_us,
+        conn: u32::try_from(conn).ok()?,
+    })
 }
 
 /// The bytes of the value that follows `"key"` and its colon, leading whitespace skipped.
@@ -142,7 +145,7 @@ fn string_after<'f>(frame: &'f [u8], key: &Finder<'_>) -> Option<&'f [u8]> {
 
 /// Parses the decimal digits at the start of `bytes`; `None` if there are none or they
 /// overflow a u64.
-fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+pub fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
         return None;
@@ -165,14 +168,25 @@ fn skip_ws(bytes: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    const MESSAGE: &[u8] = br#"{"type":"message","room":"course:42","seq":1043,"ts":1764800000123,"from":{"id":"u1","name":"Ana","role":"student"},"content":"t=1764800000100123;c=17;padding","id":"c7"}"#;
+    const MESSAGE: &[u8] = concat!(
+        r#"{"type":"message","room":"course:42","seq":1043,"ts":1764800000123,"#,
+        r#""from":{"id":"u1","name":"Ana","role":"student"},"#,
+        r#""content":"t=1764800000100123;c=17;padding","id":"c7"}"#
+    )
+    .as_bytes();
 
     #[test]
     fn reads_a_message() {
         assert_eq!(kind(MESSAGE), Kind::Message);
         assert_eq!(seq(MESSAGE), Some(1043));
         assert_eq!(room(MESSAGE), Some(&b"course:42"[..]));
-        assert_eq!(mark(MESSAGE), Some(Mark { sent_us: 1_764_800_000_100_123, conn: 17 }));
+        assert_eq!(
+            mark(MESSAGE),
+            Some(Mark {
+                sent_us: 1_764_800_000_100_123,
+                conn: 17
+            })
+        );
         assert_eq!(last_seq(MESSAGE), None);
     }
 
@@ -182,7 +196,13 @@ mod tests {
         assert_eq!(kind(frame), Kind::Message);
         assert_eq!(seq(frame), Some(7));
         assert_eq!(room(frame), Some(&b"r"[..]));
-        assert_eq!(mark(frame), Some(Mark { sent_us: 5, conn: 2 }));
+        assert_eq!(
+            mark(frame),
+            Some(Mark {
+                sent_us: 5,
+                conn: 2
+            })
+        );
     }
 
     #[test]

@@ -90,7 +90,10 @@ impl Session {
 
     /// Adds a room to join on every connection.
     pub fn with_room(mut self, room: String) -> Self {
-        self.rooms.push(RoomState { name: room, order: RoomOrder::default() });
+        self.rooms.push(RoomState {
+            name: room,
+            order: RoomOrder::default(),
+        });
         self
     }
 
@@ -150,7 +153,11 @@ impl Session {
                 let _ = write!(f, r#"{{"type":"dm","id":"m{now}.{k}","to":"{}""#, p.partner);
             }
             (None, Some(r)) => {
-                let _ = write!(f, r#"{{"type":"message","id":"m{now}.{k}","room":"{}""#, r.name);
+                let _ = write!(
+                    f,
+                    r#"{{"type":"message","id":"m{now}.{k}","room":"{}""#,
+                    r.name
+                );
             }
             (None, None) => unreachable!("a sender has a room or a partner"),
         }
@@ -164,7 +171,10 @@ impl Session {
     /// A `typing` start for the first room (none for dm pairs, whose typing has no room).
     pub fn typing_frame(&self) -> Option<String> {
         let room = self.rooms.first()?;
-        Some(format!(r#"{{"type":"typing","room":"{}","state":true}}"#, room.name))
+        Some(format!(
+            r#"{{"type":"typing","room":"{}","state":true}}"#,
+            room.name
+        ))
     }
 
     /// Holes left in the dm pair's numbers; call once when the user is done.
@@ -177,12 +187,17 @@ impl Session {
         match scan::kind(frame) {
             Kind::Message => {
                 iv.delivered += 1;
+                let mut replayed = false;
                 if let (Some(room), Some(seq)) = (scan::room(frame), scan::seq(frame)) {
                     if let Some(r) = self.rooms.iter_mut().find(|r| r.name.as_bytes() == room) {
-                        apply(iv, r.order.observe(seq));
+                        let v = r.order.observe(seq);
+                        replayed = v.replayed;
+                        apply(iv, v);
                     }
                 }
-                self.time_delivery(frame, iv);
+                if !replayed {
+                    self.time_delivery(frame, iv);
+                }
             }
             Kind::Dm => {
                 iv.delivered += 1;
@@ -220,7 +235,9 @@ impl Session {
         if !self.sampled && !self.sends {
             return;
         }
-        let Some(mark) = scan::mark(frame) else { return };
+        let Some(mark) = scan::mark(frame) else {
+            return;
+        };
         let took = clock::now_us().saturating_sub(mark.sent_us);
         if mark.conn == self.index {
             record_us(&mut iv.echo, took);
@@ -233,9 +250,15 @@ impl Session {
         // A join ack carries `last_seq`, and its `members` may hold user ids that would
         // shadow the request id for the byte scanner; it is rare, so parse it in full.
         if let Some(last_seq) = scan::last_seq(frame) {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else { return };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
+                return;
+            };
             let room = v.get("room").and_then(|r| r.as_str());
-            if let Some(r) = self.rooms.iter_mut().find(|r| Some(r.name.as_str()) == room) {
+            if let Some(r) = self
+                .rooms
+                .iter_mut()
+                .find(|r| Some(r.name.as_str()) == room)
+            {
                 r.order.joined(last_seq);
             }
             iv.joins += 1;
@@ -247,7 +270,7 @@ impl Session {
         match id.split_first() {
             Some((b'm', rest)) => {
                 iv.acked += 1;
-                if let Some(sent_us) = leading_u64(rest) {
+                if let Some((sent_us, _)) = scan::leading_number(rest) {
                     record_us(&mut iv.ack, clock::now_us().saturating_sub(sent_us));
                 }
                 if let (Some(p), Some(seq)) = (self.pair.as_mut(), scan::seq(frame)) {
@@ -255,6 +278,12 @@ impl Session {
                 }
             }
             Some((b'l', _)) => self.pending_leaves = self.pending_leaves.saturating_sub(1),
+            // A join ack without `last_seq` still completes the join; the room's baseline
+            // then comes from its first message.
+            Some((b'j', _)) => {
+                iv.joins += 1;
+                self.pending_joins = self.pending_joins.saturating_sub(1);
+            }
             _ => {}
         }
     }
@@ -264,17 +293,17 @@ fn apply(iv: &mut Interval, v: Verdict) {
     iv.lost += v.lost;
     iv.out_of_order += v.out_of_order;
     iv.resume_missed += v.resume_missed;
-}
-
-fn leading_u64(bytes: &[u8]) -> Option<u64> {
-    let end = bytes.iter().position(|b| !b.is_ascii_digit()).unwrap_or(bytes.len());
-    std::str::from_utf8(&bytes[..end]).ok()?.parse().ok()
+    iv.replayed += u64::from(v.replayed);
 }
 
 /// Notes the server's advertised rate limit, so the run can warn when it sends faster.
 fn on_welcome(frame: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else { return };
-    let limit = v.pointer("/limits/messages_per_sec").and_then(|l| l.as_f64());
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
+        return;
+    };
+    let limit = v
+        .pointer("/limits/messages_per_sec")
+        .and_then(|l| l.as_f64());
     if let Some(l) = limit {
         SERVER_RATE_LIMIT.store(l.ceil() as u64, Ordering::Relaxed);
     }
@@ -286,8 +315,15 @@ mod tests {
 
     fn student(index: u32) -> Session {
         let minter = Minter::new(b"k", 2_000_000_000);
-        Session::new(&minter, index, format!("s{index}"), Role::Student, true, true)
-            .with_room("r".into())
+        Session::new(
+            &minter,
+            index,
+            format!("s{index}"),
+            Role::Student,
+            true,
+            true,
+        )
+        .with_room("r".into())
     }
 
     #[test]
@@ -300,7 +336,10 @@ mod tests {
         assert_eq!(v["content"].as_str().unwrap().len(), 100);
         let mark = scan::mark(frame.as_bytes()).unwrap();
         assert_eq!(mark.conn, 7);
-        assert!(v["id"].as_str().unwrap().starts_with(&format!("m{}.", mark.sent_us)));
+        assert!(v["id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("m{}.", mark.sent_us)));
     }
 
     #[test]
@@ -309,12 +348,21 @@ mod tests {
         let fresh = s.join_frames(false);
         assert_eq!(fresh, [r#"{"type":"join","id":"j0","room":"r"}"#]);
         let mut iv = Interval::default();
-        s.on_text(br#"{"type":"ack","id":"j0","room":"r","members":2,"last_seq":4}"#, &mut iv);
-        s.on_text(br#"{"type":"message","room":"r","seq":5,"content":"hi"}"#, &mut iv);
+        s.on_text(
+            br#"{"type":"ack","id":"j0","room":"r","members":2,"last_seq":4}"#,
+            &mut iv,
+        );
+        s.on_text(
+            br#"{"type":"message","room":"r","seq":5,"content":"hi"}"#,
+            &mut iv,
+        );
         assert_eq!((iv.joins, s.pending_joins), (1, 0));
 
         let resumed = s.join_frames(true);
-        assert_eq!(resumed, [r#"{"type":"join","id":"j0","room":"r","since":5}"#]);
+        assert_eq!(
+            resumed,
+            [r#"{"type":"join","id":"j0","room":"r","since":5}"#]
+        );
     }
 
     #[test]
@@ -322,7 +370,10 @@ mod tests {
         let mut s = student(3);
         let mut iv = Interval::default();
         s.join_frames(false);
-        s.on_text(br#"{"type":"ack","id":"j0","room":"r","members":[{"id":"x"}],"last_seq":0}"#, &mut iv);
+        s.on_text(
+            br#"{"type":"ack","id":"j0","room":"r","members":[{"id":"x"}],"last_seq":0}"#,
+            &mut iv,
+        );
         let own = s.chat_frame(40);
         let mark = scan::mark(own.as_bytes()).unwrap();
         let other = r#"{"type":"message","room":"r","seq":1,"content":"t=1;c=99;"}"#;
@@ -332,9 +383,18 @@ mod tests {
         );
         s.on_text(other.as_bytes(), &mut iv);
         s.on_text(echo.as_bytes(), &mut iv);
-        s.on_text(br#"{"type":"typing","room":"r","user":"u","state":true}"#, &mut iv);
-        s.on_text(br#"{"type":"error","id":"m1.1","code":"rate_limited"}"#, &mut iv);
-        let ack = format!(r#"{{"type":"ack","id":"m{}.1","room":"r","seq":3}}"#, mark.sent_us);
+        s.on_text(
+            br#"{"type":"typing","room":"r","user":"u","state":true}"#,
+            &mut iv,
+        );
+        s.on_text(
+            br#"{"type":"error","id":"m1.1","code":"rate_limited"}"#,
+            &mut iv,
+        );
+        let ack = format!(
+            r#"{{"type":"ack","id":"m{}.1","room":"r","seq":3}}"#,
+            mark.sent_us
+        );
         s.on_text(ack.as_bytes(), &mut iv);
 
         assert_eq!((iv.delivered, iv.typing, iv.acked, iv.lost), (2, 1, 1, 1));
@@ -347,7 +407,10 @@ mod tests {
         let mut s = student(2);
         s.join_frames(false);
         let mut iv = Interval::default();
-        s.on_text(br#"{"type":"error","id":"j0","code":"forbidden","message":"no"}"#, &mut iv);
+        s.on_text(
+            br#"{"type":"error","id":"j0","code":"forbidden","message":"no"}"#,
+            &mut iv,
+        );
         assert!(s.join_failed);
         assert_eq!(s.pending_joins, 0);
     }

@@ -78,6 +78,9 @@ pub struct Interval {
     pub out_of_order: u64,
     /// History a resuming join should have replayed but did not.
     pub resume_missed: u64,
+    /// Messages received as replayed history after a resuming join; counted in
+    /// `delivered` but kept out of the latency histograms.
+    pub replayed: u64,
     /// Successful WebSocket upgrades.
     pub connected: u64,
     /// Upgrades after the first one of the same user (churn).
@@ -112,6 +115,7 @@ impl Default for Interval {
             lost: 0,
             out_of_order: 0,
             resume_missed: 0,
+            replayed: 0,
             connected: 0,
             reconnects: 0,
             joins: 0,
@@ -137,6 +141,7 @@ impl Interval {
         self.lost += std::mem::take(&mut other.lost);
         self.out_of_order += std::mem::take(&mut other.out_of_order);
         self.resume_missed += std::mem::take(&mut other.resume_missed);
+        self.replayed += std::mem::take(&mut other.replayed);
         self.connected += std::mem::take(&mut other.connected);
         self.reconnects += std::mem::take(&mut other.reconnects);
         self.joins += std::mem::take(&mut other.joins);
@@ -247,7 +252,10 @@ mod tests {
 
         a.absorb(&mut b);
         assert_eq!((a.sent, a.delivered, a.lost), (3, 90, 2));
-        assert_eq!(a.errors.iter().collect::<Vec<_>>(), [("internal", 1), ("rate_limited", 5)]);
+        assert_eq!(
+            a.errors.iter().collect::<Vec<_>>(),
+            [("internal", 1), ("rate_limited", 5)]
+        );
         assert_eq!(a.connect_failures.total(), 1);
         assert_eq!(a.delivery.len(), 3);
 
@@ -283,7 +291,9 @@ mod tests {
 
     #[test]
     fn collect_gathers_other_threads() {
-        std::thread::spawn(|| record(|i| i.sent += 5)).join().unwrap();
+        std::thread::spawn(|| record(|i| i.sent += 5))
+            .join()
+            .unwrap();
         record(|i| i.sent += 2);
         let mut all = Interval::default();
         collect(&mut all);

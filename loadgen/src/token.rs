@@ -102,12 +102,15 @@ mod tests {
         let (input, sig) = token.rsplit_once('.').unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
         mac.update(input.as_bytes());
-        mac.verify_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        mac.verify_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap())
+            .unwrap();
 
         // A different secret must not verify.
         let mut other = Hmac::<Sha256>::new_from_slice(b"other").unwrap();
         other.update(input.as_bytes());
-        assert!(other.verify_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).is_err());
+        assert!(other
+            .verify_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap())
+            .is_err());
     }
 
     const EXPECTED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\

@@ -51,25 +51,49 @@ pub async fn run_chat(
     tracing::debug!(conn = %id, user = %user.id, "connected");
 
     let writer = monoio::spawn(socket::write_loop(wr, outbox.clone(), fd));
-    let quota = Quota::per_second(NonZeroU32::new(limits.messages_per_sec).expect("validated"))
-        .allow_burst(NonZeroU32::new(limits.message_burst).expect("validated"));
+    let guard = Registered { shard: shard.clone(), local, user: user.clone(), outbox: outbox.clone() };
     let mut chat = Chat {
         shard: shard.clone(),
         id,
         user,
         outbox: outbox.clone(),
-        limiter: RateLimiter::direct(quota),
+        messages: limiter(limits.messages_per_sec, limits.message_burst),
+        typing: limiter(limits.typing_per_sec, limits.typing_per_sec.saturating_mul(2)),
+        joins: limiter(limits.joins_per_sec, limits.joins_per_sec.saturating_mul(5)),
+        reads: limiter(limits.history_per_sec, limits.history_per_sec.saturating_mul(4)),
         strikes: 0,
     };
 
     let mut decoder = Decoder::new(limits.max_frame_bytes, limits.max_frame_bytes);
     socket::read_loop(&mut rd, buf, &mut decoder, &outbox, |msg| chat.on_message(msg)).await;
 
-    shard.unregister(local);
-    outbox.finish();
+    drop(guard);
     drop(rd);
     writer.await;
     tracing::debug!(conn = %id, "disconnected");
+}
+
+/// Undoes a connection's registration when its task ends, also when it ends
+/// by a panic: leaves its rooms, frees the user's connection slot, and lets
+/// the writer finish.
+struct Registered {
+    shard: Rc<Shard>,
+    local: u32,
+    user: Arc<User>,
+    outbox: Rc<Outbox>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shard.unregister(self.local);
+        self.shard.shared.admission.release(&self.user.id);
+        self.outbox.finish();
+    }
+}
+
+fn limiter(per_sec: u32, burst: u32) -> Limiter {
+    let rate = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
 }
 
 /// Echo every data message back unchanged (`--echo-endpoint`, for the
@@ -106,15 +130,33 @@ struct Chat {
     id: ConnId,
     user: Arc<User>,
     outbox: Rc<Outbox>,
-    limiter: Limiter,
+    /// Chat messages and DMs from this connection.
+    messages: Limiter,
+    /// Typing events; extra ones are dropped silently (they are ephemeral).
+    typing: Limiter,
+    joins: Limiter,
+    /// History and presence requests.
+    reads: Limiter,
     /// Rate-limited requests in a row.
     strikes: u32,
+}
+
+/// Which limit a request counts against.
+#[derive(Clone, Copy)]
+enum Budget {
+    Messages,
+    Joins,
+    Reads,
 }
 
 impl Chat {
     fn on_message(&mut self, msg: Message) {
         match msg {
             Message::Text(mut data) => {
+                #[cfg(feature = "fault-injection")]
+                if &data[..] == br#"{"type":"__panic"}"# {
+                    panic!("fault injection: panic requested by the client");
+                }
                 let mut scratch = self.shard.json_scratch.borrow_mut();
                 let parsed = protocol::parse(&mut data, &mut scratch);
                 drop(scratch);
@@ -143,6 +185,7 @@ impl Chat {
             Request::Ping => self.send(&protocol::pong(frame.id)),
 
             Request::Join { room, since } => {
+                self.rate_limit(Budget::Joins)?;
                 self.check_access(room)?;
                 let room: Arc<str> = Arc::from(room);
                 let max_rooms = shared.config.limits.max_rooms_per_conn;
@@ -170,7 +213,7 @@ impl Chat {
             }
 
             Request::Message { room, content } => {
-                self.rate_limit()?;
+                self.rate_limit(Budget::Messages)?;
                 let room = self.joined(room)?;
                 let content = self.sanitize(content)?;
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +229,7 @@ impl Chat {
             }
 
             Request::Dm { to, content } => {
-                self.rate_limit()?;
+                self.rate_limit(Budget::Messages)?;
                 check_user_id(to)?;
                 let content = self.sanitize(content)?;
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +246,9 @@ impl Chat {
             }
 
             Request::Typing { target, state } => {
+                if self.typing.check().is_err() {
+                    return Ok(());
+                }
                 let json = protocol::typing(&target, &self.user.id, state);
                 let frame = ws::encode(OpCode::Text, &json);
                 match target {
@@ -223,6 +269,7 @@ impl Chat {
             }
 
             Request::History { target, before, limit } => {
+                self.rate_limit(Budget::Reads)?;
                 let (room, with): (Arc<str>, Option<Box<str>>) = match target {
                     Target::Room(room) => {
                         self.check_access(room)?;
@@ -239,6 +286,7 @@ impl Chat {
             }
 
             Request::Presence { room } => {
+                self.rate_limit(Budget::Reads)?;
                 self.check_access(room)?;
                 let room: Arc<str> = Arc::from(room);
                 let reply = ReplyTo::Conn { conn: self.id, id };
@@ -272,25 +320,35 @@ impl Chat {
         content::sanitize(raw, config.content_policy, config.limits.max_message_bytes)
     }
 
-    fn rate_limit(&mut self) -> Result<(), ClientError> {
-        match self.limiter.check() {
-            Ok(()) => {
-                self.strikes = 0;
-                Ok(())
-            }
-            Err(not_until) => {
-                self.strikes += 1;
-                if self.strikes > FLOOD_STRIKES {
-                    tracing::info!(conn = %self.id, user = %self.user.id, "flooding client closed");
-                    self.outbox.close(1008, "rate limit exceeded");
-                }
-                let clock = governor::clock::DefaultClock::default();
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
-                let mut err = ClientError::new(Code::RateLimited, "too many messages");
-                err.retry_after_ms = Some(wait.as_millis().max(1) as u64);
-                Err(err)
-            }
+    /// Count a request against its budget (and, for chat messages, against
+    /// the user's budget across connections).
+    fn rate_limit(&mut self, budget: Budget) -> Result<(), ClientError> {
+        let limiter = match budget {
+            Budget::Messages => &self.messages,
+            Budget::Joins => &self.joins,
+            Budget::Reads => &self.reads,
+        };
+        let clock = governor::clock::DefaultClock::default();
+        let mut wait = limiter
+            .check()
+            .err()
+            .map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)));
+        if wait.is_none() && matches!(budget, Budget::Messages) {
+            wait = self.shard.shared.admission.user_message(&self.user.id).err();
         }
+
+        let Some(wait) = wait else {
+            self.strikes = 0;
+            return Ok(());
+        };
+        self.strikes += 1;
+        if self.strikes > FLOOD_STRIKES {
+            tracing::info!(conn = %self.id, user = %self.user.id, "flooding client closed");
+            self.outbox.close(1008, "rate limit exceeded");
+        }
+        let mut err = ClientError::new(Code::RateLimited, "too many requests");
+        err.retry_after_ms = Some(wait.as_millis().max(1) as u64);
+        Err(err)
     }
 
     fn send(&self, json: &[u8]) {

@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -36,6 +37,18 @@ pub struct Outbox {
     finished: Cell<bool>,
     /// The writer task's waker (the only task that waits on an outbox).
     waker: RefCell<Option<Waker>>,
+    /// When the peer last sent anything.
+    last_seen: Cell<Instant>,
+    /// When the keepalive pinged the quiet peer, if it has.
+    pinged: Cell<Option<Instant>>,
+}
+
+/// What the keepalive should do about a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Idle {
+    Fine,
+    Ping,
+    Dead,
 }
 
 impl Outbox {
@@ -47,6 +60,30 @@ impl Outbox {
             state: Cell::new(State::Open),
             finished: Cell::new(false),
             waker: RefCell::new(None),
+            last_seen: Cell::new(Instant::now()),
+            pinged: Cell::new(None),
+        }
+    }
+
+    /// The peer sent something: it is alive.
+    pub fn touch(&self) {
+        self.last_seen.set(Instant::now());
+        self.pinged.set(None);
+    }
+
+    /// Ping after `interval` of silence; dead after `timeout` more.
+    pub fn idle_check(&self, interval: Duration, timeout: Duration) -> Idle {
+        if self.state.get() != State::Open {
+            return Idle::Fine;
+        }
+        match self.pinged.get() {
+            Some(at) if at.elapsed() >= timeout => Idle::Dead,
+            Some(_) => Idle::Fine,
+            None if self.last_seen.get().elapsed() >= interval => {
+                self.pinged.set(Some(Instant::now()));
+                Idle::Ping
+            }
+            None => Idle::Fine,
         }
     }
 

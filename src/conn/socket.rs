@@ -81,7 +81,7 @@ pub async fn read_loop<F>(
         buf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(_) => outbox.touch(),
         }
     }
 }
@@ -123,7 +123,7 @@ async fn write_batch(wr: &mut OwnedWriteHalf<TcpStream>, batch: &mut Vec<Bytes>)
         } else {
             let rest = if batch.len() > MAX_IOVECS { batch.split_off(MAX_IOVECS) } else { Vec::new() };
             let chunk = std::mem::replace(batch, rest);
-            wr.write_vectored_all(IoVecs::new(chunk)).await.0
+            writev_all(wr, IoVecs::new(chunk)).await
         };
         if res.is_err() {
             return false;
@@ -132,11 +132,37 @@ async fn write_batch(wr: &mut OwnedWriteHalf<TcpStream>, batch: &mut Vec<Bytes>)
     true
 }
 
+/// Write every byte of `bufs`, continuing after partial writes.
+///
+/// monoio 0.2.4's `write_vectored_all` is not used: after a write that ends
+/// inside an iovec it shortens that iovec without advancing its base, so the
+/// next write repeats bytes and corrupts the stream (seen here under a slow
+/// reader).
+async fn writev_all(wr: &mut OwnedWriteHalf<TcpStream>, mut bufs: IoVecs) -> std::io::Result<usize> {
+    let mut total = 0;
+    while !bufs.is_empty() {
+        let (res, back) = wr.writev(bufs).await;
+        bufs = back;
+        match res {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                total += n;
+                bufs.advance(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
 /// Frames for one writev. The iovecs point into the `Bytes`, which this
 /// struct owns until the write completes.
 struct IoVecs {
     _frames: Vec<Bytes>,
     iovecs: Vec<libc::iovec>,
+    /// The first iovec not yet completely written.
+    start: usize,
 }
 
 impl IoVecs {
@@ -145,7 +171,27 @@ impl IoVecs {
             .iter()
             .map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() })
             .collect();
-        IoVecs { _frames: frames, iovecs }
+        IoVecs { _frames: frames, iovecs, start: 0 }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.iovecs.len()
+    }
+
+    /// Skip `n` written bytes: whole iovecs, then part of the next one.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let iov = &mut self.iovecs[self.start];
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                self.start += 1;
+            } else {
+                // SAFETY: n < iov_len, so the pointer stays inside the frame.
+                iov.iov_base = unsafe { (iov.iov_base as *mut u8).add(n) } as *mut _;
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
     }
 }
 
@@ -153,10 +199,29 @@ impl IoVecs {
 // moving the struct does not move that data, and nothing mutates it.
 unsafe impl monoio::buf::IoVecBuf for IoVecs {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
-        self.iovecs.as_ptr()
+        self.iovecs[self.start..].as_ptr()
     }
 
     fn read_iovec_len(&self) -> usize {
-        self.iovecs.len()
+        self.iovecs.len() - self.start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::buf::IoVecBuf;
+
+    #[test]
+    fn advance_moves_the_base_of_a_partly_written_iovec() {
+        let frames = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")];
+        let mut v = IoVecs::new(frames);
+        v.advance(4);
+        assert_eq!(v.read_iovec_len(), 1);
+        let iov = unsafe { *v.read_iovec_ptr() };
+        let rest = unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
+        assert_eq!(rest, b"efgh");
+        v.advance(4);
+        assert!(v.is_empty());
     }
 }

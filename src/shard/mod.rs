@@ -116,8 +116,6 @@ pub enum ShardMsg {
 pub struct Stats {
     pub connections: AtomicI64,
     pub connections_total: AtomicU64,
-    pub refused_auth: AtomicU64,
-    pub refused_upgrade: AtomicU64,
     pub messages_in: AtomicU64,
     pub slow_consumers: AtomicU64,
 }
@@ -125,6 +123,7 @@ pub struct Stats {
 /// What every shard shares, built once at start.
 pub struct Shared {
     pub config: Config,
+    pub admission: Arc<crate::admission::Admission>,
     pub verifier: Verifier,
     pub store: Arc<dyn HistoryStore>,
     pub writer: WriterHandle,
@@ -146,6 +145,7 @@ impl Shared {
         mailboxes: Vec<Mailbox<ShardMsg>>,
     ) -> Shared {
         Shared {
+            admission: Arc::new(crate::admission::Admission::new(&config.limits)),
             config,
             verifier,
             store,
@@ -231,14 +231,15 @@ impl Shard {
         }
     }
 
-    /// Count a refused upgrade; log at most one line per 10 s per shard, so a
-    /// burst of bad tokens cannot flood the log.
-    pub fn note_refused(&self, reason: &'static str) {
-        self.shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+    /// Count a refused connection; log at most one line per 10 s per shard,
+    /// so that a burst of bad tokens or a flood cannot flood the log.
+    pub fn note_refused(&self, why: crate::admission::Refusal, detail: &'static str) {
+        self.shared.admission.count(why);
         let (count, last) = self.refused.get();
         let now = std::time::Instant::now();
         if last.is_none_or(|t| now - t >= Duration::from_secs(10)) {
-            tracing::info!(shard = self.id, refused = count + 1, reason, "refusing connections");
+            let reason = why.label();
+            tracing::info!(shard = self.id, refused = count + 1, reason, detail, "refusing connections");
             self.refused.set((0, Some(now)));
         } else {
             self.refused.set((count + 1, last));
@@ -271,6 +272,9 @@ impl Shard {
             }
             if last_sweep.elapsed() > Duration::from_secs(30) {
                 self.sweep_rooms();
+                if self.id == 0 {
+                    self.shared.admission.sweep();
+                }
                 last_sweep = std::time::Instant::now();
             }
             // Let connection tasks run between batches.
@@ -323,6 +327,30 @@ impl Shard {
         }
         for conn in self.conns.borrow().values() {
             conn.outbox.close(1001, "server shutting down");
+        }
+    }
+
+    /// Ping connections that went quiet, and drop those that do not answer
+    /// (half-open TCP: a peer that vanished without a FIN). Runs until
+    /// shutdown.
+    pub async fn keepalive(self: Rc<Self>) {
+        let interval = self.shared.config.ping_interval;
+        let timeout = self.shared.config.pong_timeout;
+        // Check often enough to honour short settings, at most once a second.
+        let tick = (interval.min(timeout) / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let ping = crate::ws::encode(crate::ws::OpCode::Ping, b"");
+        while !self.stopping.get() {
+            monoio::time::sleep(tick).await;
+            for conn in self.conns.borrow().values() {
+                match conn.outbox.idle_check(interval, timeout) {
+                    crate::conn::outbox::Idle::Fine => {}
+                    crate::conn::outbox::Idle::Ping => conn.outbox.push_control(ping.clone()),
+                    crate::conn::outbox::Idle::Dead => {
+                        tracing::debug!(user = %conn.user.id, shard = self.id, "ping timeout");
+                        conn.outbox.close(1001, "ping timeout");
+                    }
+                }
+            }
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Server {
     pub port: u16,
     pub data: PathBuf,
     args: Vec<String>,
+    /// Where stderr goes when the test reads the log.
+    log: Option<PathBuf>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -38,11 +40,36 @@ impl Server {
             port: free_port(),
             data,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
             child: None,
             _dir: Some(dir),
         };
         server.spawn();
         server
+    }
+
+    /// Like [`Server::start`], with stderr captured for [`Server::log`].
+    pub fn start_logged(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Server {
+            port: free_port(),
+            data: dir.path().join("data"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            log: Some(dir.path().join("stderr.log")),
+            child: None,
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
     }
 
     fn spawn(&mut self) {
@@ -51,12 +78,18 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(&self.data)
-            .arg("--jwt-secret")
-            .arg(SECRET)
-            .arg("--log")
-            .arg(std::env::var("HUBBUB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .args(&self.args)
             .stdin(Stdio::null());
+        if !self.args.iter().any(|a| a == "--log") {
+            cmd.arg("--log").arg(std::env::var("HUBBUB_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        }
+        if !self.args.iter().any(|a| a == "--jwt-secret" || a == "--jwt-public-key") {
+            cmd.arg("--jwt-secret").arg(SECRET);
+        }
+        if let Some(path) = &self.log {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            cmd.stderr(file);
+        }
         if let Ok(driver) = std::env::var("HUBBUB_TEST_DRIVER") {
             cmd.arg("--driver").arg(driver);
         }
@@ -69,6 +102,11 @@ impl Server {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().expect("wait")
+    }
+
+    /// Wait for an exit that was already signalled.
+    pub fn stop_wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().expect("wait")
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -288,4 +326,123 @@ pub fn http_get(port: u16, path: &str, bearer: Option<&str>) -> std::io::Result<
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// A WebSocket client on a plain socket, for behaviour a well-behaved client
+/// library will not show (never reading, never answering pings).
+pub struct RawClient {
+    pub stream: tokio::net::TcpStream,
+    /// Bytes read after the upgrade response.
+    pub buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Upgrade with `token`; `recv_buf` shrinks the socket's receive buffer
+    /// (before connecting) so that a client that does not read pushes back
+    /// on the server quickly.
+    pub async fn connect(port: u16, token: &str, recv_buf: Option<u32>) -> RawClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buf {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let head = format!(
+            "GET /ws/chat?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed during upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        let rest = buf.split_off(end);
+        RawClient { stream, buf: rest }
+    }
+
+    /// Send one masked client frame.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mask = [7u8, 1, 9, 3];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Read until the server closes the socket (or `WAIT` passes); return
+    /// every server frame as (opcode, payload).
+    pub async fn read_to_end(&mut self) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 65536];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("server did not close the connection"),
+            }
+        }
+        parse_frames(&self.buf)
+    }
+
+    /// Read frames until one with `opcode` arrives; returns it.
+    pub async fn wait_frame(&mut self, opcode: u8) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 65536];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((_, p)) = parse_frames(&self.buf).into_iter().find(|(op, _)| *op == opcode) {
+                return p;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.stream.read(&mut chunk))
+                .await
+                .expect("timed out waiting for a frame")
+                .unwrap();
+            assert!(n > 0, "closed before opcode {opcode}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Split unmasked server frames (complete ones only).
+pub fn parse_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 2 {
+        let op = b[0] & 0x0f;
+        let (len, hdr) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if b.len() < hdr + len {
+            break;
+        }
+        out.push((op, b[hdr..hdr + len].to_vec()));
+        b = &b[hdr + len..];
+    }
+    out
+}
+
+/// The close code of a close frame's payload.
+pub fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
 }

@@ -24,7 +24,9 @@ pub async fn run(a: &ChurnArgs, ctx: Arc<Ctx>) -> (Outcome, serde_json::Value) {
     let outcome = run::execute(ctx.timing, a.common.clients, |i| {
         let ctx = Arc::clone(&ctx);
         let plan = ctx.plan(rate, false);
-        let session = ctx.session(i, Role::Student, plan.is_some()).with_room(ctx.room("churn", i / per_room));
+        let session = ctx
+            .session(i, Role::Student, plan.is_some())
+            .with_room(ctx.room("churn", i / per_room));
         async move { cycle(&ctx, session, plan, session_len, away).await }
     })
     .await;
@@ -56,7 +58,10 @@ async fn cycle(
                 conn.close(&mut s).await;
             } else {
                 resume = true;
-                let ok = conn.run(&mut s, plan, leave_at.min(t.stop_at)).await.is_ok();
+                let ok = conn
+                    .run(&mut s, plan, leave_at.min(t.stop_at))
+                    .await
+                    .is_ok();
                 if ok && Instant::now() >= t.stop_at {
                     // The run is over: read what is in flight and close for good.
                     if conn.run(&mut s, None, t.close_at).await.is_ok() {

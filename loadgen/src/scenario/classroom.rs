@@ -21,9 +21,15 @@ pub async fn run(a: &ClassroomArgs, ctx: Arc<Ctx>) -> (Outcome, serde_json::Valu
     let outcome = run::execute(ctx.timing, a.common.clients, |i| {
         let ctx = Arc::clone(&ctx);
         let teacher = i % per_room == 0;
-        let (role, rate) = if teacher { (Role::Teacher, teacher_rate) } else { (Role::Student, rate) };
+        let (role, rate) = if teacher {
+            (Role::Teacher, teacher_rate)
+        } else {
+            (Role::Student, rate)
+        };
         let plan = ctx.plan(rate, typing);
-        let session = ctx.session(i, role, plan.is_some()).with_room(ctx.room("class", i / per_room));
+        let session = ctx
+            .session(i, role, plan.is_some())
+            .with_room(ctx.room("class", i / per_room));
         async move { stay(&ctx, session, plan).await }
     })
     .await;

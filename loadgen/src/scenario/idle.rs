@@ -16,7 +16,9 @@ pub async fn run(a: &IdleArgs, ctx: Arc<Ctx>) -> (Outcome, serde_json::Value) {
 
     let outcome = run::execute(ctx.timing, a.common.clients, |i| {
         let ctx = Arc::clone(&ctx);
-        let session = ctx.session(i, Role::Student, false).with_room(ctx.room("idle", i / per_room));
+        let session = ctx
+            .session(i, Role::Student, false)
+            .with_room(ctx.room("idle", i / per_room));
         async move { stay(&ctx, session, None).await }
     })
     .await;

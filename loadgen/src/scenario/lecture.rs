@@ -20,9 +20,15 @@ pub async fn run(a: &LectureArgs, ctx: Arc<Ctx>) -> (Outcome, serde_json::Value)
     let outcome = run::execute(ctx.timing, a.common.clients, |i| {
         let ctx = Arc::clone(&ctx);
         let teacher = i < rooms;
-        let (role, rate) = if teacher { (Role::Teacher, rate) } else { (Role::Student, student_rate) };
+        let (role, rate) = if teacher {
+            (Role::Teacher, rate)
+        } else {
+            (Role::Student, student_rate)
+        };
         let plan = ctx.plan(rate, false);
-        let session = ctx.session(i, role, plan.is_some()).with_room(ctx.room("lecture", i % rooms));
+        let session = ctx
+            .session(i, role, plan.is_some())
+            .with_room(ctx.room("lecture", i % rooms));
         async move { stay(&ctx, session, plan).await }
     })
     .await;

@@ -50,7 +50,11 @@ impl Ctx {
 
     /// A sending plan at `rate` messages per second, or none for a silent user.
     pub fn plan(&self, rate: f64, typing: bool) -> Option<Plan> {
-        (rate > 0.0).then_some(Plan { rate, typing, size: self.size })
+        (rate > 0.0).then_some(Plan {
+            rate,
+            typing,
+            size: self.size,
+        })
     }
 }
 
@@ -68,7 +72,9 @@ pub async fn run(scenario: &Scenario, ctx: Arc<Ctx>) -> (Outcome, serde_json::Va
 /// The life of a client that stays for the whole run: connect, join, send on `plan` until
 /// the stop, read through the drain, close.
 pub async fn stay(ctx: &Ctx, mut s: Session, plan: Option<Plan>) {
-    let Some(mut conn) = ctx.dialer.open(&mut s).await else { return };
+    let Some(mut conn) = ctx.dialer.open(&mut s).await else {
+        return;
+    };
     if !conn.join(&mut s, false, ctx.join_timeout).await {
         conn.close(&mut s).await;
         return;
