@@ -157,6 +157,12 @@ pub struct Options {
           default_missing_value = "true")]
     pub echo_endpoint: Option<bool>,
 
+    /// Serve the demo chat page at `/` and development tokens at
+    /// `/demo/token` [default: on only with the development secret].
+    #[arg(long, env = "HUBBUB_DEMO", global = true, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub demo: Option<bool>,
+
     /// Log format: text or json [default: text].
     #[arg(long, env = "HUBBUB_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -283,6 +289,7 @@ pub struct Config {
     pub room_policy: RoomPolicy,
     pub content_policy: ContentPolicy,
     pub echo_endpoint: bool,
+    pub demo: bool,
     pub log_format: LogFormat,
     pub log: String,
     pub limits: Limits,
@@ -453,6 +460,7 @@ impl Options {
             room_policy: o.room_policy.unwrap_or(RoomPolicy::Open),
             content_policy: o.content_policy.unwrap_or(ContentPolicy::Escape),
             echo_endpoint: o.echo_endpoint.unwrap_or(false),
+            demo: o.demo.unwrap_or(dev),
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             log: o.log.unwrap_or_else(|| "info".to_owned()),
             limits,
@@ -475,7 +483,7 @@ impl Options {
         }
         pick!(
             config, listen, data_dir, workers, driver, jwt_secret, jwt_public_key, jwt_issuer,
-            jwt_audience, jwt_leeway, room_policy, content_policy, echo_endpoint, log_format,
+            jwt_audience, jwt_leeway, room_policy, content_policy, echo_endpoint, demo, log_format,
             log, max_message_bytes, max_frame_bytes, messages_per_sec, message_burst,
             max_rooms_per_conn, history_cache, user_messages_per_sec, typing_per_sec,
             joins_per_sec, history_per_sec, connections_per_ip_per_sec, max_conns_per_user,

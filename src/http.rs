@@ -161,6 +161,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             send(&mut stream, status, "application/json", body.as_bytes(), "").await;
         }
         ("GET", path) if is_api(path) => api_history(shard, &mut stream, &head).await,
+        ("GET", "/hubbub.js") => {
+            let js = include_str!("../clients/js/hubbub.js");
+            send(&mut stream, 200, "text/javascript; charset=utf-8", js.as_bytes(), "").await;
+        }
+        ("GET", "/") if shard.shared.config.demo => {
+            let html = include_str!("demo/index.html");
+            send(&mut stream, 200, "text/html; charset=utf-8", html.as_bytes(), "").await;
+        }
+        ("GET", "/demo/token") if shard.shared.config.demo => demo_token(&shard, &mut stream, &head).await,
         ("OPTIONS", path) if is_api(path) => preflight(&shard, &mut stream, &head).await,
         (_, "/health" | "/ready") => respond(&mut stream, 405, "method not allowed", "").await,
         _ => respond(&mut stream, 404, "not found", "").await,
@@ -293,6 +302,41 @@ async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
     }
 }
 
+/// `GET /demo/token?name=Ana`: a one-hour student token for the demo page.
+/// Only with the development secret: with a real secret this would let
+/// anyone mint tokens, so the page then asks for one instead.
+async fn demo_token(shard: &Shard, stream: &mut TcpStream, head: &Head) {
+    let crate::config::JwtKey::Secret { secret, dev: true } = &shard.shared.config.jwt.key else {
+        return respond(stream, 404, "demo tokens need the development secret", "").await;
+    };
+    let name = head.param("name").unwrap_or_default();
+    let name: String = name.trim().chars().filter(|c| !c.is_control()).take(40).collect();
+    let slug: String = name
+        .chars()
+        .filter_map(|c| c.is_ascii_alphanumeric().then(|| c.to_ascii_lowercase()))
+        .collect();
+    if slug.is_empty() {
+        return respond(stream, 400, "name must contain a letter or digit", "").await;
+    }
+    let sub = format!("demo-{slug}");
+    let req = auth::MintRequest {
+        sub: &sub,
+        name: Some(&name),
+        role: "student",
+        rooms: &[],
+        ttl: std::time::Duration::from_secs(3600),
+        issuer: shard.shared.config.jwt.issuer.as_deref(),
+        audience: shard.shared.config.jwt.audience.as_deref(),
+    };
+    match auth::mint(secret, &req) {
+        Ok(token) => {
+            let body = serde_json::json!({ "token": token, "user": sub }).to_string();
+            send(stream, 200, "application/json", body.as_bytes(), "").await
+        }
+        Err(e) => respond(stream, 500, &e.to_string(), "").await,
+    }
+}
+
 /// CORS response headers for an API request, or None when its `Origin` is
 /// not allowed. Requests without an Origin (not from a browser) get none.
 fn cors_headers(shard: &Shard, head: &Head) -> Option<String> {
@@ -395,6 +439,7 @@ fn status_text(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",

@@ -1,0 +1,2 @@
+// The hubbub browser client is being written.
+export {};
