@@ -263,6 +263,17 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_HISTORY_QUEUE", global = true)]
     pub history_queue: Option<usize>,
 
+    /// Milliseconds a history write may wait for its batch to fill (0: commit
+    /// whatever is queued at once) [default: 0].
+    #[arg(long, env = "HUBBUB_HISTORY_BATCH_AGE_MS", global = true)]
+    pub history_batch_age_ms: Option<u64>,
+
+    /// Seconds a message may wait in the history queue (for example while
+    /// the store is down) before it is refused with `unavailable`
+    /// [default: 10].
+    #[arg(long, env = "HUBBUB_HISTORY_MAX_WAIT", global = true)]
+    pub history_max_wait: Option<u64>,
+
     /// Outbound bytes queued for one connection before it is closed as a slow
     /// consumer (close 1013) [default: 4194304].
     #[arg(long, env = "HUBBUB_MAX_OUTBOUND_BYTES", global = true)]
@@ -300,6 +311,8 @@ pub struct Config {
     pub history_cache: usize,
     pub history_batch: usize,
     pub history_queue: usize,
+    pub history_batch_age: Duration,
+    pub history_max_wait: Duration,
     pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
 }
@@ -471,6 +484,8 @@ impl Options {
             history_cache: o.history_cache.unwrap_or(256).max(1),
             history_batch: o.history_batch.unwrap_or(1024).max(1),
             history_queue: o.history_queue.unwrap_or(65_536).max(1),
+            history_batch_age: Duration::from_millis(o.history_batch_age_ms.unwrap_or(0)),
+            history_max_wait: Duration::from_secs(o.history_max_wait.unwrap_or(10).max(1)),
             handshake_timeout: Duration::from_secs(o.handshake_timeout.unwrap_or(10).max(1)),
             shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(10)),
         })
@@ -488,7 +503,7 @@ impl Options {
             max_rooms_per_conn, history_cache, user_messages_per_sec, typing_per_sec,
             joins_per_sec, history_per_sec, connections_per_ip_per_sec, max_conns_per_user,
             max_connections, memory_limit_mb, allowed_origins, ping_interval, pong_timeout, history_batch, history_queue,
-            max_outbound_bytes, handshake_timeout, shutdown_grace,
+            max_outbound_bytes, history_batch_age_ms, history_max_wait, handshake_timeout, shutdown_grace,
         )
     }
 }

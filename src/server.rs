@@ -31,7 +31,7 @@ pub struct Running {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    writer: JoinHandle<()>,
+    writers: Vec<JoinHandle<()>>,
 }
 
 /// Start everything and return once every worker is listening.
@@ -60,9 +60,12 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
     let writer_cfg = WriterConfig {
         max_batch: config.history_batch,
         queue: config.history_queue,
-        retry_for: Duration::from_secs(5),
+        max_wait: config.history_max_wait,
+        batch_age: config.history_batch_age,
+        // redb runs one write transaction at a time: more lanes would queue.
+        lanes: 1,
     };
-    let (writer, writer_thread) = writer::spawn(store.clone(), writer_cfg, notify)?;
+    let (writer, writer_threads) = writer::spawn(store.clone(), writer_cfg, notify)?;
 
     let verifier = Verifier::new(&config.jwt, config.room_policy)?;
     let addr = resolve_port(config.listen)?;
@@ -98,7 +101,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         max_connections = shared.config.limits.max_connections,
         "listening"
     );
-    Ok(Running { addr, shared, workers, writer: writer_thread })
+    Ok(Running { addr, shared, workers, writers: writer_threads })
 }
 
 impl Running {
@@ -131,7 +134,9 @@ impl Running {
         }
         // Everything queued is committed before the writer returns.
         self.shared.writer.stop();
-        let _ = self.writer.join();
+        for writer in self.writers {
+            let _ = writer.join();
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     }
 }

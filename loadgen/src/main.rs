@@ -96,7 +96,8 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
             source_ips: common.source_ips,
             connect_timeout: common.connect_timeout,
         },
-        minter: Minter::new(common.secret.as_bytes(), exp),
+        // Every room of the run is named `<tag>-...`, so one prefix pattern admits them all.
+        minter: Minter::new(common.secret.as_bytes(), exp).with_rooms(format!("{tag}-*")),
         timing: Timing::new(common.duration, common.drain, common.ramp),
         tag,
         sample: common.sample,
@@ -193,7 +194,7 @@ fn raise_fd_limit(clients: usize) {
         }
     }
     let wanted = clients as u64 + 64;
-    if (lim.rlim_cur as u64) < wanted {
+    if lim.rlim_cur < wanted {
         eprintln!(
             "warning: the open-file limit ({}) is below the {clients} clients asked for",
             lim.rlim_cur

@@ -238,9 +238,11 @@ mod tests {
     }
 
     fn outcome() -> Outcome {
-        let mut totals = Interval::default();
-        totals.sent = 60;
-        totals.delivered = 600;
+        let mut totals = Interval {
+            sent: 60,
+            delivered: 600,
+            ..Interval::default()
+        };
         totals.errors.add("rate_limited", 2);
         record_us(&mut totals.delivery, 1500);
         Outcome {

@@ -238,10 +238,12 @@ mod tests {
     #[test]
     fn absorb_moves_everything() {
         let mut a = Interval::default();
-        let mut b = Interval::default();
-        b.sent = 3;
-        b.delivered = 90;
-        b.lost = 2;
+        let mut b = Interval {
+            sent: 3,
+            delivered: 90,
+            lost: 2,
+            ..Interval::default()
+        };
         b.errors.add("rate_limited", 4);
         b.errors.add("rate_limited", 1);
         b.connect_failures.add("refused", 1);

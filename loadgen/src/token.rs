@@ -32,6 +32,8 @@ impl Role {
 pub struct Minter {
     mac: Hmac<Sha256>,
     exp: u64,
+    /// The `rooms` claim every token carries, if any.
+    rooms: Option<String>,
 }
 
 impl Minter {
@@ -39,17 +41,31 @@ impl Minter {
     pub fn new(secret: &[u8], exp: u64) -> Self {
         // HMAC accepts a key of any length, so this cannot fail.
         let mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-        Minter { mac, exp }
+        Minter {
+            mac,
+            exp,
+            rooms: None,
+        }
+    }
+
+    /// Adds a `rooms` claim holding one pattern (an id, or a prefix ending in `*`), so the
+    /// tokens also pass a server that admits users only to the rooms their token lists.
+    pub fn with_rooms(mut self, pattern: String) -> Self {
+        self.rooms = Some(pattern);
+        self
     }
 
     /// A signed token for user `sub` with display name `name` and `role`.
     pub fn mint(&self, sub: &str, name: &str, role: Role) -> String {
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "sub": sub,
             "name": name,
             "role": role.as_str(),
             "exp": self.exp,
         });
+        if let Some(pattern) = &self.rooms {
+            claims["rooms"] = serde_json::json!([pattern]);
+        }
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signing_input = format!("{HEADER_B64}.{payload}");
 
@@ -85,6 +101,14 @@ mod tests {
         assert_eq!(claims["name"], "Ana");
         assert_eq!(claims["role"], "teacher");
         assert_eq!(claims["exp"], 2_000_000_000u64);
+    }
+
+    #[test]
+    fn rooms_claim_is_a_list() {
+        let minter = Minter::new(b"k", 2_000_000_000).with_rooms("lg1-*".into());
+        let token = minter.mint("u1", "Ana", Role::Student);
+        let claims = decode_json(token.split('.').nth(1).unwrap());
+        assert_eq!(claims["rooms"], serde_json::json!(["lg1-*"]));
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Chat {
                         check_user_id(to)?;
                         let users = vec![Arc::from(to)];
                         for shard in 0..shared.mailboxes.len() {
-                            let msg = ShardMsg::DeliverUsers { users: users.clone(), frame: frame.clone() };
+                            let msg = ShardMsg::DeliverUsers { users: users.clone(), frame: frame.clone(), skip: None };
                             shared.send(shard, msg);
                         }
                     }

@@ -76,7 +76,8 @@ impl Shard {
         }
     }
 
-    pub(super) fn deliver_users(&self, users: &[Arc<str>], frame: &Bytes) {
+    pub(super) fn deliver_users(&self, users: &[Arc<str>], frame: &Bytes, skip: Option<super::ConnId>) {
+        let skip = skip.filter(|c| c.shard as usize == self.id).map(|c| c.local);
         let by_user = self.users.borrow();
         let conns = self.conns.borrow();
         for (i, user) in users.iter().enumerate() {
@@ -85,6 +86,9 @@ impl Shard {
                 continue;
             }
             for local in by_user.get(user).into_iter().flatten() {
+                if Some(*local) == skip {
+                    continue;
+                }
                 if let Some(conn) = conns.get(local) {
                     self.push(conn, frame.clone());
                 }

@@ -32,7 +32,7 @@ use crate::store::writer::{Report, WriterHandle};
 use crate::store::HistoryStore;
 
 pub use inbox::{Inbox, Mailbox};
-use room::Room;
+use room::Slot;
 
 /// A connection's address: the shard it lives on and its number there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,8 +98,9 @@ pub enum ShardMsg {
     // ---- to the shard of a connection
     /// A room frame for every local member, except those of `skip_user`.
     Deliver { room: Arc<str>, frame: Bytes, skip_user: Option<Arc<str>> },
-    /// A frame for every local connection of these users (DMs).
-    DeliverUsers { users: Vec<Arc<str>>, frame: Bytes },
+    /// A frame for every local connection of these users (DMs), except
+    /// `skip` (the sending connection).
+    DeliverUsers { users: Vec<Arc<str>>, frame: Bytes, skip: Option<ConnId> },
     /// One frame for one connection (acks, errors, history pages).
     ToConn { conn: u32, frame: Bytes },
     /// The owner accepted a join: send the ack, then the backlog, and start
@@ -195,7 +196,7 @@ pub struct Shard {
     /// Local connections of each user.
     users: RefCell<HashMap<Arc<str>, Vec<u32>>>,
     /// Rooms this shard owns that are in memory.
-    rooms: RefCell<HashMap<Arc<str>, Room>>,
+    rooms: RefCell<HashMap<Arc<str>, Slot>>,
     /// Set once shutdown begins, so that the accept loop stops.
     pub stopping: Cell<bool>,
     /// Parse scratch for simd-json, reused by every frame on this core.
@@ -282,19 +283,22 @@ impl Shard {
         }
     }
 
-    fn handle(&self, msg: ShardMsg) {
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Join(req) => self.on_join(*req),
-            ShardMsg::Leave { room, conn, user } => self.on_leave(&room, conn, &user),
-            ShardMsg::Publish(req) => self.on_publish(*req),
-            ShardMsg::Typing { room, user, frame } => self.on_typing(&room, user, frame),
-            ShardMsg::History(req) => self.on_history(*req),
-            ShardMsg::Presence { room, reply } => self.on_presence(&room, reply),
+            // Requests for rooms this shard owns.
+            ShardMsg::Join(ref req) => self.to_room(req.room.clone(), msg),
+            ShardMsg::Leave { ref room, .. } => self.to_room(room.clone(), msg),
+            ShardMsg::Publish(ref req) => self.to_room(req.room.clone(), msg),
+            ShardMsg::Typing { ref room, .. } => self.to_room(room.clone(), msg),
+            ShardMsg::History(ref req) => self.to_room(req.room.clone(), msg),
+            ShardMsg::Presence { ref room, .. } => self.to_room(room.clone(), msg),
             ShardMsg::Stored(reports) => self.on_stored(reports),
+
+            // Frames for connections on this shard.
             ShardMsg::Deliver { room, frame, skip_user } => {
                 self.deliver_room(&room, &frame, skip_user.as_deref())
             }
-            ShardMsg::DeliverUsers { users, frame } => self.deliver_users(&users, &frame),
+            ShardMsg::DeliverUsers { users, frame, skip } => self.deliver_users(&users, &frame, skip),
             ShardMsg::ToConn { conn, frame } => self.deliver_conn(conn, frame),
             ShardMsg::Joined { conn, room, ack, backlog } => {
                 self.on_joined(conn, room, ack, backlog)

@@ -3,22 +3,32 @@
 //!
 //! Every function here runs on the room's owner shard.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::{frame_payload, now_ms, ConnId, HistoryReq, JoinReq, PublishReq, ReplyTo, Shard};
 use super::ShardMsg;
 use crate::auth::User;
 use crate::protocol::{self, ClientError, Code, Posted, Target};
 use crate::store::writer::{Outcome, Pending, Report};
-use crate::store::{Record, StoreError};
+use crate::store::{ReadFuture, Record, Rows, StoreError};
 use crate::ws::{encode, OpCode};
 
 /// How long a resent `message` or `dm` id is recognised (PROTOCOL.md).
 const DEDUPE_WINDOW: Duration = Duration::from_secs(600);
+
+/// An owned room's place in memory: being read from the store (with the
+/// requests that arrived meanwhile, replayed in order once it is loaded), or
+/// ready.
+pub(super) enum Slot {
+    Loading(Vec<ShardMsg>),
+    Ready(Box<Room>),
+}
 
 /// A room (or DM pair) owned by this shard.
 pub(super) struct Room {
@@ -42,6 +52,9 @@ pub(super) struct Room {
     seen: HashMap<(Arc<str>, Box<str>), Seen>,
     /// Expiry order of `seen`.
     seen_order: VecDeque<(Instant, (Arc<str>, Box<str>))>,
+    /// Joins waiting for a store read of their backlog; a leave meanwhile
+    /// removes the entry, and the join then completes without membership.
+    pending_joins: HashSet<ConnId>,
     /// When the room last had members or traffic.
     touched: Instant,
 }
@@ -54,6 +67,8 @@ struct Member {
 struct InFlight {
     frame: Bytes,
     ts: u64,
+    /// The sending connection: a DM is not echoed to it.
+    origin: ConnId,
     /// Who waits for the ack: the sender, and any resend of the same id.
     waiters: Vec<(ConnId, Option<Box<str>>)>,
     seen_key: Option<(Arc<str>, Box<str>)>,
@@ -65,33 +80,9 @@ enum Seen {
 }
 
 impl Room {
-    fn has_members(&self) -> bool {
-        !self.members.is_empty()
-    }
-}
-
-impl Shard {
-    /// The owned room, loaded from the store on first use.
-    fn room_mut<R>(
-        &self,
-        id: &Arc<str>,
-        f: impl FnOnce(&mut Room) -> R,
-    ) -> Result<R, StoreError> {
-        let mut rooms = self.rooms.borrow_mut();
-        if !rooms.contains_key(id) {
-            let room = self.load_room(id)?;
-            rooms.insert(id.clone(), room);
-        }
-        let room = rooms.get_mut(id).expect("just inserted");
-        room.touched = Instant::now();
-        Ok(f(room))
-    }
-
-    fn load_room(&self, id: &str) -> Result<Room, StoreError> {
-        let store = &self.shared.store;
-        let cache = self.shared.config.history_cache;
-        let last_seq = store.last_seq(id)?;
-        let mut page = store.page(id, None, cache)?;
+    /// Build a room from its newest stored messages (newest first).
+    fn from_store(id: &str, mut page: Rows, shards: usize) -> Room {
+        let last_seq = page.first().map_or(0, |(seq, _)| *seq);
         page.reverse();
 
         // Rebuild resend detection from recent messages, so that a client
@@ -111,81 +102,253 @@ impl Shard {
 
         let dm = crate::auth::dm_pair(id).map(|(a, b)| [Arc::from(a), Arc::from(b)]);
         let recent = page.into_iter().map(|(seq, json)| (seq, encode(OpCode::Text, &json))).collect();
-        tracing::debug!(room = id, last_seq, shard = self.id, "room loaded");
-        Ok(Room {
+        Room {
             dm,
             next_seq: last_seq + 1,
             last_seq,
             epoch: 0,
             recent,
-            shards: vec![0; self.shared.mailboxes.len()],
+            shards: vec![0; shards],
             members: HashMap::new(),
             inflight: HashMap::new(),
             seen,
             seen_order,
+            pending_joins: HashSet::new(),
             touched: Instant::now(),
-        })
+        }
     }
 
-    pub(super) fn on_join(&self, req: JoinReq) {
-        let max_listed = self.shared.config.limits.max_members_listed;
-        let max_resume = self.shared.config.limits.max_resume;
-        let result = self.room_mut(&req.room, |room| {
-            // Presence first, so that existing members hear of the newcomer
-            // while the newcomer itself is not yet receiving.
-            let member = room
-                .members
-                .entry(req.user.id.clone())
-                .or_insert_with(|| Member { user: req.user.clone(), conns: Vec::new() });
-            let first = member.conns.is_empty();
-            if !member.conns.contains(&req.conn) {
-                member.conns.push(req.conn);
-                room.shards[req.conn.shard as usize] += 1;
+    /// Kept in memory while anything depends on it.
+    fn busy(&self) -> bool {
+        !self.members.is_empty() || !self.inflight.is_empty() || !self.pending_joins.is_empty()
+    }
+
+    /// Committed frames with seq in `(after, upto]`, oldest first.
+    fn recent_between(&self, after: u64, upto: u64) -> impl Iterator<Item = &Bytes> {
+        self.recent.iter().filter(move |(s, _)| *s > after && *s <= upto).map(|(_, f)| f)
+    }
+
+    /// Does the cache hold every message after `since`?
+    fn covers(&self, since: u64) -> bool {
+        match self.recent.front() {
+            Some((oldest, _)) => *oldest <= since + 1,
+            None => true,
+        }
+    }
+}
+
+/// Poll a store read once; the embedded store answers at once, so its reads
+/// need no task.
+fn read_now(fut: ReadFuture) -> Result<Result<Rows, StoreError>, ReadFuture> {
+    let mut fut = fut;
+    match (&mut fut).now_or_never() {
+        Some(result) => Ok(result),
+        None => Err(fut),
+    }
+}
+
+impl Shard {
+    /// Route a request to its owned room, loading the room first when it is
+    /// not in memory. Requests for a room being loaded wait in order.
+    pub(super) fn to_room(self: &Rc<Self>, room: Arc<str>, msg: ShardMsg) {
+        let mut rooms = self.rooms.borrow_mut();
+        match rooms.get_mut(&room) {
+            Some(Slot::Ready(_)) => {
+                drop(rooms);
+                self.run(msg);
             }
-            if first {
-                let frame = encode(OpCode::Text, &protocol::presence_event(&req.room, &req.user, true));
-                self.fan_out_room(room, &req.room, frame, Some(req.user.id.clone()));
+            Some(Slot::Loading(queue)) => queue.push(msg),
+            None => {
+                // Nothing to undo or tell in a room nobody is in.
+                if matches!(msg, ShardMsg::Leave { .. } | ShardMsg::Typing { .. }) {
+                    return;
+                }
+                rooms.insert(room.clone(), Slot::Loading(vec![msg]));
+                drop(rooms);
+                let read = self.shared.store.page(&room, None, self.shared.config.history_cache);
+                match read_now(read) {
+                    Ok(result) => self.on_loaded(room, result),
+                    Err(pending) => {
+                        let me = self.clone();
+                        monoio::spawn(async move {
+                            let result = pending.await;
+                            me.on_loaded(room, result);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_loaded(self: &Rc<Self>, id: Arc<str>, result: Result<Rows, StoreError>) {
+        let queued = match self.rooms.borrow_mut().remove(&id) {
+            Some(Slot::Loading(queued)) => queued,
+            other => {
+                // Cannot happen: only a load replaces a Loading slot.
+                if let Some(slot) = other {
+                    self.rooms.borrow_mut().insert(id, slot);
+                }
+                return;
+            }
+        };
+        match result {
+            Ok(page) => {
+                let room = Room::from_store(&id, page, self.shared.mailboxes.len());
+                tracing::debug!(room = %id, last_seq = room.last_seq, shard = self.id, "room loaded");
+                self.rooms.borrow_mut().insert(id, Slot::Ready(Box::new(room)));
+                for msg in queued {
+                    self.run(msg);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = %id, err = %e, "history store read failed");
+                for msg in queued {
+                    self.refuse(msg);
+                }
+            }
+        }
+    }
+
+    /// Handle a request whose room is ready.
+    fn run(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Join(req) => self.on_join(*req),
+            ShardMsg::Leave { room, conn, user } => self.on_leave(&room, conn, &user),
+            ShardMsg::Publish(req) => self.on_publish(*req),
+            ShardMsg::Typing { room, user, frame } => self.on_typing(&room, user, frame),
+            ShardMsg::History(req) => self.on_history(*req),
+            ShardMsg::Presence { room, reply } => self.on_presence(&room, reply),
+            _ => unreachable!("only room requests are routed to rooms"),
+        }
+    }
+
+    /// Answer a request that cannot be served because its room could not be
+    /// loaded.
+    fn refuse(&self, msg: ShardMsg) {
+        let err = ClientError::new(Code::Unavailable, "history store unavailable");
+        let reply = match msg {
+            ShardMsg::Join(req) => ReplyTo::Conn { conn: req.conn, id: req.id },
+            ShardMsg::Publish(req) => ReplyTo::Conn { conn: req.origin, id: req.id },
+            ShardMsg::History(req) => req.reply,
+            ShardMsg::Presence { reply, .. } => reply,
+            _ => return,
+        };
+        self.reply(reply, Err(err));
+    }
+
+    /// The ready room `id`, if it is in memory.
+    fn ready<R>(&self, id: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
+        let mut rooms = self.rooms.borrow_mut();
+        match rooms.get_mut(id) {
+            Some(Slot::Ready(room)) => {
+                room.touched = Instant::now();
+                Some(f(room))
+            }
+            _ => None,
+        }
+    }
+
+    fn on_join(self: &Rc<Self>, req: JoinReq) {
+        // A resume from further back than the cache reaches reads the store
+        // first; the join itself happens once the rows are here.
+        let since = req.since;
+        let need_store = self
+            .ready(&req.room, |room| match since {
+                Some(s) if s < room.last_seq && !room.covers(s) => {
+                    room.pending_joins.insert(req.conn);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
+        if !need_store {
+            return self.complete_join(req, None);
+        }
+
+        let read = self.shared.store.after(&req.room, since.unwrap_or(0), self.shared.config.limits.max_resume);
+        match read_now(read) {
+            Ok(rows) => self.complete_join(req, Some(rows)),
+            Err(pending) => {
+                let me = self.clone();
+                monoio::spawn(async move {
+                    let rows = pending.await;
+                    me.complete_join(req, Some(rows));
+                });
+            }
+        }
+    }
+
+    /// Add the member and answer: the ack, then every committed message after
+    /// `since` (`fetched` from the store, then the cache), atomically with
+    /// respect to live fan-out, which follows on the same queue.
+    fn complete_join(&self, req: JoinReq, fetched: Option<Result<Rows, StoreError>>) {
+        let max_listed = self.shared.config.limits.max_members_listed;
+        let fetched = match fetched {
+            Some(Err(e)) => {
+                self.ready(&req.room, |room| room.pending_joins.remove(&req.conn));
+                return self.store_unavailable(&req.room, req.conn, req.id, e);
+            }
+            Some(Ok(rows)) => Some(rows),
+            None => None,
+        };
+
+        let answer = self.ready(&req.room, |room| {
+            // A leave came while the store was read: answer, but do not join.
+            let cancelled = fetched.is_some() && !room.pending_joins.remove(&req.conn);
+
+            if !cancelled {
+                // Presence first, so that existing members hear of the
+                // newcomer while the newcomer itself is not yet receiving.
+                let member = room
+                    .members
+                    .entry(req.user.id.clone())
+                    .or_insert_with(|| Member { user: req.user.clone(), conns: Vec::new() });
+                let first = member.conns.is_empty();
+                if !member.conns.contains(&req.conn) {
+                    member.conns.push(req.conn);
+                    room.shards[req.conn.shard as usize] += 1;
+                }
+                if first {
+                    let event = protocol::presence_event(&req.room, &req.user, true);
+                    let frame = encode(OpCode::Text, &event);
+                    self.fan_out_room(room, &req.room, frame, Some(req.user.id.clone()));
+                }
             }
 
             let users = room.members.values().map(|m| &*m.user).take(max_listed);
             let ack = protocol::ack_members(req.id.as_deref(), &req.room, users, Some(room.last_seq));
-            (encode(OpCode::Text, &ack), room.last_seq, room.recent.front().map(|(s, _)| *s))
+            let ack = encode(OpCode::Text, &ack);
+
+            let mut backlog = Vec::new();
+            if let (Some(since), false) = (req.since, cancelled) {
+                let mut after = since;
+                for (seq, json) in fetched.into_iter().flatten() {
+                    if seq > after && seq <= room.last_seq {
+                        backlog.push(encode(OpCode::Text, &json));
+                        after = seq;
+                    }
+                }
+                backlog.extend(room.recent_between(after, room.last_seq).cloned());
+            }
+            (ack, backlog)
         });
 
-        let (ack, last_seq, oldest_cached) = match result {
-            Ok(r) => r,
-            Err(e) => return self.store_unavailable(&req.room, req.conn, req.id, e),
-        };
-
-        // The backlog for a resume: committed messages after `since`, from
-        // memory when the cache reaches back far enough.
-        let mut backlog = Vec::new();
-        if let Some(since) = req.since.filter(|s| *s < last_seq) {
-            if oldest_cached.is_some_and(|oldest| oldest <= since + 1) {
-                let rooms = self.rooms.borrow();
-                let room = &rooms[&req.room];
-                backlog.extend(
-                    room.recent.iter().filter(|(s, _)| *s > since).map(|(_, f)| f.clone()),
-                );
-            } else {
-                match self.shared.store.after(&req.room, since, max_resume) {
-                    Ok(rows) => backlog.extend(
-                        rows.into_iter()
-                            .filter(|(s, _)| *s <= last_seq)
-                            .map(|(_, json)| encode(OpCode::Text, &json)),
-                    ),
-                    Err(e) => return self.store_unavailable(&req.room, req.conn, req.id, e),
-                }
+        match answer {
+            Some((ack, backlog)) => {
+                let msg = ShardMsg::Joined { conn: req.conn.local, room: req.room, ack, backlog };
+                self.shared.send(req.conn.shard as usize, msg);
+            }
+            None => {
+                let e = StoreError("room no longer loaded".into());
+                self.store_unavailable(&req.room, req.conn, req.id, e)
             }
         }
-
-        let msg = ShardMsg::Joined { conn: req.conn.local, room: req.room, ack, backlog };
-        self.shared.send(req.conn.shard as usize, msg);
     }
 
-    pub(super) fn on_leave(&self, room_id: &Arc<str>, conn: ConnId, user: &User) {
+    fn on_leave(&self, room_id: &Arc<str>, conn: ConnId, user: &User) {
         let mut rooms = self.rooms.borrow_mut();
-        let Some(room) = rooms.get_mut(room_id) else { return };
+        let Some(Slot::Ready(room)) = rooms.get_mut(room_id) else { return };
+        room.pending_joins.remove(&conn);
         let Some(member) = room.members.get_mut(&user.id) else { return };
         let before = member.conns.len();
         member.conns.retain(|c| *c != conn);
@@ -201,10 +364,10 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_publish(&self, req: PublishReq) {
+    fn on_publish(&self, req: PublishReq) {
         let shard = self.id;
         let writer = &self.shared.writer;
-        let result = self.room_mut(&req.room, |room| -> Result<(), ClientError> {
+        let result = self.ready(&req.room, |room| -> Result<(), ClientError> {
             expire_seen(room);
 
             // A resend of a request we already have: answer with the original.
@@ -212,8 +375,7 @@ impl Shard {
             if let Some(key) = &key {
                 match room.seen.get(key) {
                     Some(Seen::Done { seq, ts }) => {
-                        let (seq, ts) = (*seq, *ts);
-                        let ack = protocol::ack_posted(req.id.as_deref(), &req.room, seq, ts);
+                        let ack = protocol::ack_posted(req.id.as_deref(), &req.room, *seq, *ts);
                         let frame = encode(OpCode::Text, &ack);
                         let msg = ShardMsg::ToConn { conn: req.origin.local, frame };
                         self.shared.send(req.origin.shard as usize, msg);
@@ -239,7 +401,7 @@ impl Shard {
             let json = protocol::posted(&posted, seq, ts, &req.user, &req.content, req.id.as_deref());
             let frame = encode(OpCode::Text, &json);
             let record = Record { room: req.room.clone(), seq, json: frame_payload(&frame) };
-            let pending = Pending { owner: shard, epoch: room.epoch, record };
+            let pending = Pending { owner: shard, epoch: room.epoch, record, queued: Instant::now() };
             if writer.try_submit(pending).is_err() {
                 return Err(ClientError::new(Code::Unavailable, "history queue full, not stored"));
             }
@@ -250,17 +412,15 @@ impl Shard {
                 room.seen_order.push_back((Instant::now(), key.clone()));
             }
             let waiters = vec![(req.origin, req.id.clone())];
-            room.inflight.insert((room.epoch, seq), InFlight { frame, ts, waiters, seen_key: key });
+            let flight = InFlight { frame, ts, origin: req.origin, waiters, seen_key: key };
+            room.inflight.insert((room.epoch, seq), flight);
             Ok(())
         });
 
         let err = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(err)) => err,
-            Err(e) => {
-                tracing::warn!(room = %req.room, err = %e, "history store read failed");
-                ClientError::new(Code::Unavailable, "history store unavailable")
-            }
+            Some(Ok(())) => return,
+            Some(Err(err)) => err,
+            None => ClientError::new(Code::Unavailable, "room not available"),
         };
         self.reply(ReplyTo::Conn { conn: req.origin, id: req.id }, Err(err));
     }
@@ -270,7 +430,7 @@ impl Shard {
         let cache = self.shared.config.history_cache;
         let mut rooms = self.rooms.borrow_mut();
         for r in reports {
-            let Some(room) = rooms.get_mut(&r.room) else { continue };
+            let Some(Slot::Ready(room)) = rooms.get_mut(&r.room) else { continue };
             let Some(flight) = room.inflight.remove(&(r.epoch, r.seq)) else { continue };
 
             match r.outcome {
@@ -289,10 +449,11 @@ impl Shard {
                     for (conn, id) in flight.waiters {
                         let ack = protocol::ack_posted(id.as_deref(), &r.room, r.seq, flight.ts);
                         let frame = encode(OpCode::Text, &ack);
-                        self.shared.send(conn.shard as usize, ShardMsg::ToConn { conn: conn.local, frame });
+                        let msg = ShardMsg::ToConn { conn: conn.local, frame };
+                        self.shared.send(conn.shard as usize, msg);
                     }
                     match &room.dm {
-                        Some(pair) => self.fan_out_users(pair, flight.frame),
+                        Some(pair) => self.fan_out_users(pair, flight.frame, flight.origin),
                         None => self.fan_out_room(room, &r.room, flight.frame, None),
                     }
                 }
@@ -301,49 +462,55 @@ impl Shard {
                         room.seen.remove(&key);
                     }
                     if r.epoch == room.epoch {
-                        tracing::warn!(room = %r.room, seq = r.seq, expected, "history write failed; seq rewound");
+                        tracing::warn!(room = %r.room, seq = r.seq, expected, "history write refused; seq rewound");
                         room.epoch += 1;
                         room.next_seq = expected;
                     }
-                    let err = ClientError::new(Code::Unavailable, "history store failed, not stored");
+                    let err = ClientError::new(Code::Unavailable, "history store unavailable, not stored");
                     for (conn, id) in flight.waiters {
                         let json = protocol::error(id.as_deref(), &err);
                         let frame = encode(OpCode::Text, &json);
-                        self.shared.send(conn.shard as usize, ShardMsg::ToConn { conn: conn.local, frame });
+                        let msg = ShardMsg::ToConn { conn: conn.local, frame };
+                        self.shared.send(conn.shard as usize, msg);
                     }
                 }
             }
         }
     }
 
-    pub(super) fn on_typing(&self, room_id: &Arc<str>, user: Arc<str>, frame: Bytes) {
-        // Typing is ephemeral: a room that is not in memory has no members.
-        let rooms = self.rooms.borrow();
-        if let Some(room) = rooms.get(room_id) {
-            self.fan_out_room(room, room_id, frame, Some(user));
-        }
+    fn on_typing(&self, room_id: &Arc<str>, user: Arc<str>, frame: Bytes) {
+        self.ready(room_id, |room| self.fan_out_room(room, room_id, frame, Some(user)));
     }
 
-    pub(super) fn on_history(&self, req: HistoryReq) {
-        let result = self.room_mut(&req.room, |room| {
-            // From memory when the cache holds a full page below `before`,
-            // or holds the room's whole history.
+    fn on_history(self: &Rc<Self>, req: HistoryReq) {
+        // From memory when the cache holds a full page below `before`, or
+        // holds the room's whole history.
+        let cached = self.ready(&req.room, |room| {
             let before = req.before.unwrap_or(u64::MAX);
             let below: Vec<&(u64, Bytes)> =
                 room.recent.iter().rev().filter(|(s, _)| *s < before).take(req.limit).collect();
             let complete = room.recent.front().is_none_or(|(s, _)| *s == 1);
-            if below.len() == req.limit || complete {
-                Some(below.into_iter().map(|(s, f)| (*s, frame_payload(f))).collect::<Vec<_>>())
-            } else {
-                None
-            }
+            (below.len() == req.limit || complete)
+                .then(|| below.into_iter().map(|(s, f)| (*s, frame_payload(f))).collect::<Rows>())
         });
-        let page = match result {
-            Ok(Some(page)) => Ok(page),
-            Ok(None) => self.shared.store.page(&req.room, req.before, req.limit),
-            Err(e) => Err(e),
-        };
+        if let Some(Some(page)) = cached {
+            return self.answer_history(req, Ok(page));
+        }
 
+        let read = self.shared.store.page(&req.room, req.before, req.limit);
+        match read_now(read) {
+            Ok(page) => self.answer_history(req, page),
+            Err(pending) => {
+                let me = self.clone();
+                monoio::spawn(async move {
+                    let page = pending.await;
+                    me.answer_history(req, page);
+                });
+            }
+        }
+    }
+
+    fn answer_history(&self, req: HistoryReq, page: Result<Rows, StoreError>) {
         let body = match page {
             Ok(page) => {
                 let has_more = page.last().is_some_and(|(s, _)| *s > 1);
@@ -365,20 +532,18 @@ impl Shard {
         self.reply(req.reply, body);
     }
 
-    pub(super) fn on_presence(&self, room_id: &Arc<str>, reply: ReplyTo) {
+    fn on_presence(&self, room_id: &Arc<str>, reply: ReplyTo) {
         let max_listed = self.shared.config.limits.max_members_listed;
         let id = match &reply {
             ReplyTo::Conn { id, .. } => id.as_deref(),
             ReplyTo::Http(_) => None,
         };
-        let rooms = self.rooms.borrow();
-        let users = rooms
-            .get(room_id)
-            .into_iter()
-            .flat_map(|r| r.members.values().map(|m| &*m.user))
-            .take(max_listed);
-        let json = protocol::ack_members(id, room_id, users, None);
-        drop(rooms);
+        let json = self
+            .ready(room_id, |room| {
+                let users = room.members.values().map(|m| &*m.user).take(max_listed);
+                protocol::ack_members(id, room_id, users, None)
+            })
+            .unwrap_or_else(|| protocol::ack_members(id, room_id, std::iter::empty(), None));
         self.reply(reply, Ok(json));
     }
 
@@ -396,15 +561,16 @@ impl Shard {
         }
     }
 
-    /// A DM reaches every connection of both users, wherever they are.
+    /// A DM reaches every connection of both users, wherever they are,
+    /// except the one it was sent from.
     ///
     /// # Limits
     ///
     /// This asks every shard, since no shard knows where a user's
     /// connections are; the cost per DM grows with the number of workers.
-    fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes) {
+    fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: ConnId) {
         for shard in 0..self.shared.mailboxes.len() {
-            let msg = ShardMsg::DeliverUsers { users: pair.to_vec(), frame: frame.clone() };
+            let msg = ShardMsg::DeliverUsers { users: pair.to_vec(), frame: frame.clone(), skip: Some(origin) };
             self.shared.send(shard, msg);
         }
     }
@@ -418,9 +584,12 @@ impl Shard {
     /// Drop idle rooms from memory; they reload from the store on next use.
     pub(super) fn sweep_rooms(&self) {
         let now = Instant::now();
-        self.rooms.borrow_mut().retain(|_, room| {
-            expire_seen(room);
-            room.has_members() || !room.inflight.is_empty() || now - room.touched < super::ROOM_IDLE
+        self.rooms.borrow_mut().retain(|_, slot| match slot {
+            Slot::Loading(_) => true,
+            Slot::Ready(room) => {
+                expire_seen(room);
+                room.busy() || now - room.touched < super::ROOM_IDLE
+            }
         });
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{HistoryStore, Record, StoreError};
+use super::{HistoryStore, ReadFuture, Record, Rows, StoreError};
 
 /// `(room, seq)` → frame JSON.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -35,6 +35,36 @@ impl EmbeddedStore {
         tx.open_table(MESSAGES).map_err(StoreError::new)?;
         tx.commit().map_err(StoreError::new)?;
         Ok(EmbeddedStore { db })
+    }
+
+    /// Newest first, below `before`.
+    pub fn page_now(&self, room: &str, before: Option<u64>, limit: usize) -> Result<Rows, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::new)?;
+        let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
+        let end = before.unwrap_or(u64::MAX);
+        let range = table.range((room, 0)..(room, end)).map_err(StoreError::new)?;
+
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in range.rev().take(limit) {
+            let (k, v) = entry.map_err(StoreError::new)?;
+            out.push((k.value().1, Bytes::copy_from_slice(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Oldest first, above `since`.
+    pub fn after_now(&self, room: &str, since: u64, limit: usize) -> Result<Rows, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::new)?;
+        let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
+        let start = since.saturating_add(1);
+        let range = table.range((room, start)..=(room, u64::MAX)).map_err(StoreError::new)?;
+
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in range.take(limit) {
+            let (k, v) = entry.map_err(StoreError::new)?;
+            out.push((k.value().1, Bytes::copy_from_slice(v.value())));
+        }
+        Ok(out)
     }
 }
 
@@ -62,37 +92,14 @@ impl HistoryStore for EmbeddedStore {
         Ok(last)
     }
 
-    fn page(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let tx = self.db.begin_read().map_err(StoreError::new)?;
-        let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
-        let end = before.unwrap_or(u64::MAX);
-        let range = table.range((room, 0)..(room, end)).map_err(StoreError::new)?;
-
-        let mut out = Vec::with_capacity(limit.min(256));
-        for entry in range.rev().take(limit) {
-            let (k, v) = entry.map_err(StoreError::new)?;
-            out.push((k.value().1, Bytes::copy_from_slice(v.value())));
-        }
-        Ok(out)
+    // Reads answer at once from redb's page cache (microseconds), so they
+    // run inline on the calling shard.
+    fn page(&self, room: &str, before: Option<u64>, limit: usize) -> ReadFuture {
+        Box::pin(std::future::ready(self.page_now(room, before, limit)))
     }
 
-    fn after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let tx = self.db.begin_read().map_err(StoreError::new)?;
-        let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
-        let start = since.saturating_add(1);
-        let range = table.range((room, start)..=(room, u64::MAX)).map_err(StoreError::new)?;
-
-        let mut out = Vec::with_capacity(limit.min(256));
-        for entry in range.take(limit) {
-            let (k, v) = entry.map_err(StoreError::new)?;
-            out.push((k.value().1, Bytes::copy_from_slice(v.value())));
-        }
-        Ok(out)
+    fn after(&self, room: &str, since: u64, limit: usize) -> ReadFuture {
+        Box::pin(std::future::ready(self.after_now(room, since, limit)))
     }
 
     fn kind(&self) -> &'static str {
@@ -119,11 +126,11 @@ mod tests {
         assert_eq!(store.last_seq("a").unwrap(), 10);
         assert_eq!(store.last_seq("zzz").unwrap(), 0);
         let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-        assert_eq!(seqs(store.page("a", None, 3).unwrap()), vec![10, 9, 8]);
-        assert_eq!(seqs(store.page("a", Some(3), 50).unwrap()), vec![2, 1]);
-        assert_eq!(seqs(store.after("a", 7, 50).unwrap()), vec![8, 9, 10]);
-        assert_eq!(seqs(store.after("a", 2, 2).unwrap()), vec![3, 4]);
-        assert_eq!(seqs(store.page("ab", None, 50).unwrap()), vec![1]);
+        assert_eq!(seqs(store.page_now("a", None, 3).unwrap()), vec![10, 9, 8]);
+        assert_eq!(seqs(store.page_now("a", Some(3), 50).unwrap()), vec![2, 1]);
+        assert_eq!(seqs(store.after_now("a", 7, 50).unwrap()), vec![8, 9, 10]);
+        assert_eq!(seqs(store.after_now("a", 2, 2).unwrap()), vec![3, 4]);
+        assert_eq!(seqs(store.page_now("ab", None, 50).unwrap()), vec![1]);
     }
 
     #[test]
@@ -136,6 +143,6 @@ mod tests {
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.last_seq("r").unwrap(), 2);
-        assert_eq!(store.page("r", None, 10).unwrap()[0].1, Bytes::from("{\"seq\":2}"));
+        assert_eq!(store.page_now("r", None, 10).unwrap()[0].1, Bytes::from("{\"seq\":2}"));
     }
 }

@@ -13,6 +13,8 @@
 pub mod embedded;
 pub mod writer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,17 +40,21 @@ impl StoreError {
     }
 }
 
-/// Where history lives. Implementations are shared by all threads; writes
-/// come from the single writer thread only, reads from any shard.
+/// Rows of a read: `(seq, frame JSON)`.
+pub type Rows = Vec<(u64, Bytes)>;
+
+/// A read in progress. Polled on a shard's event loop, so it must not block:
+/// a networked store runs the query on its side runtime and this future only
+/// waits for the answer.
+pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Rows, StoreError>>>>;
+
+/// Where history lives. Implementations are shared by all threads.
 ///
-/// # Blocking
-///
-/// Calls block the calling thread. The embedded store answers reads from its
-/// page cache in microseconds, which is why shards call it directly; a store
-/// with network latency must be driven from a side runtime instead.
+/// Writes (`append`, `last_seq`) come from the writer threads only and may
+/// block them. Reads (`page`, `after`) come from shards and return futures.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Store a batch atomically. A record whose `(room, seq)` is already
-    /// stored with the same bytes counts as stored (retries are idempotent).
+    /// Store a batch. A record whose `(room, seq)` is already stored counts
+    /// as stored, so that a retry after an unclear failure is idempotent.
     fn append(&self, batch: &[Record]) -> Result<(), StoreError>;
 
     /// The highest stored seq of a room, 0 when it has none.
@@ -56,15 +62,10 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Up to `limit` messages with seq below `before` (all when None),
     /// newest first.
-    fn page(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>, StoreError>;
+    fn page(&self, room: &str, before: Option<u64>, limit: usize) -> ReadFuture;
 
     /// Up to `limit` messages with seq above `since`, oldest first.
-    fn after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError>;
+    fn after(&self, room: &str, since: u64, limit: usize) -> ReadFuture;
 
     /// A short name for `/health`.
     fn kind(&self) -> &'static str;

@@ -1,22 +1,26 @@
-//! The history writer: one thread that commits queued records in batches.
+//! The history writers: threads that commit queued records in batches.
 //!
-//! Group commit: the thread takes everything queued (up to `max_batch`) into
-//! one transaction, so the cost of a commit (an fsync for the embedded store)
-//! is shared by every message that arrived while the previous one ran.
+//! Group commit: a writer takes everything queued (up to `max_batch`, waiting
+//! up to `batch_age` for more when that is set) into one write, so the cost of
+//! a commit (an fsync, or a round trip to MongoDB) is shared by every message
+//! that arrived meanwhile. Rooms are spread over `lanes` writers by hash, so
+//! several batches can be in flight while each room's records stay in order.
 //!
-//! It also guards the "no gap, never reused" promise of `seq`: for each room it
-//! accepts only the seq that follows the last one it stored. When a batch
-//! cannot be stored, every record of it and every later record of the same
-//! rooms is reported as not stored, with the seq the writer expects next, and
-//! the owner shard rewinds its counter to it.
+//! A batch that fails is retried until it is stored: once sent, a record may
+//! have been stored, so it is never reported as "not stored". What is reported
+//! as not stored is certain: records that waited in the queue longer than
+//! `max_wait` without being sent, and records whose seq does not follow the
+//! last one stored for their room. The owner shard then rewinds its counter to
+//! the seq the writer expects, so seqs stay gap-free and are never reused.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::{HistoryStore, Record};
 
@@ -29,13 +33,15 @@ pub struct Pending {
     /// back so that the owner can ignore outcomes from before a rewind.
     pub epoch: u32,
     pub record: Record,
+    /// When it was queued, for `max_wait`.
+    pub queued: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
-    /// Not stored (store failure, or an out-of-order seq after one); the
-    /// writer will accept `expected` next for this room.
+    /// Certainly not stored; the writer will accept `expected` next for this
+    /// room.
     NotStored { expected: u64 },
 }
 
@@ -55,72 +61,99 @@ enum Msg {
 /// Counters and state shown by `/health` and `/ready`.
 #[derive(Default)]
 pub struct WriterStatus {
-    /// False while the last commit attempt failed.
+    /// False while a commit is failing.
     pub healthy: AtomicBool,
     pub batches: AtomicU64,
     pub records: AtomicU64,
-    pub failed_records: AtomicU64,
+    /// Records reported as not stored.
+    pub refused: AtomicU64,
+    /// Size of the last batch committed.
+    pub last_batch: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub max_batch: usize,
+    /// Records queued per lane before submissions are refused.
     pub queue: usize,
-    /// How long one batch is retried before its records are reported as not
-    /// stored.
-    pub retry_for: Duration,
+    /// How long a queued record may wait before it is refused unsent.
+    pub max_wait: Duration,
+    /// How long to wait for a batch to fill; zero commits whatever is there.
+    pub batch_age: Duration,
+    /// Writer threads; rooms are spread over them by hash.
+    pub lanes: usize,
 }
 
-/// The shards' side of the writer.
+/// The shards' side of the writers.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: Sender<Msg>,
+    lanes: Vec<Sender<Msg>>,
+    hasher: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
     pub status: Arc<WriterStatus>,
 }
 
 impl WriterHandle {
-    /// Queue a record without blocking; hands it back when the queue is full.
+    /// Queue a record without blocking; hands it back when its lane is full.
     pub fn try_submit(&self, p: Pending) -> Result<(), Pending> {
-        match self.tx.try_send(Msg::Write(p)) {
+        let mut h = self.hasher.build_hasher();
+        h.write(p.record.room.as_bytes());
+        let lane = &self.lanes[(h.finish() % self.lanes.len() as u64) as usize];
+        match lane.try_send(Msg::Write(p)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(Msg::Write(p))) | Err(TrySendError::Disconnected(Msg::Write(p))) => {
+            Err(TrySendError::Full(Msg::Write(p)) | TrySendError::Disconnected(Msg::Write(p))) => {
                 Err(p)
             }
             Err(_) => unreachable!("only writes are submitted here"),
         }
     }
 
-    /// Records waiting to be committed.
+    /// Records waiting to be committed, over all lanes.
     pub fn queue_len(&self) -> usize {
-        self.tx.len()
+        self.lanes.iter().map(|l| l.len()).sum()
     }
 
-    /// Ask the writer to finish: everything queued before this call is
-    /// committed (or reported) first. Blocks while the queue is full.
+    /// Ask the writers to finish: everything queued before this call is
+    /// committed (or reported) first. Blocks while a queue is full.
     pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
+        for lane in &self.lanes {
+            let _ = lane.send(Msg::Stop);
+        }
     }
 }
 
-/// Start the writer thread. `notify(owner, reports)` is called from it after
-/// each batch, once per owner shard with reports in seq order per room.
+/// Start the writer threads. `notify(owner, reports)` is called from them
+/// after each batch, once per owner shard, with reports in seq order per room.
 pub fn spawn<F>(
     store: Arc<dyn HistoryStore>,
     cfg: WriterConfig,
     notify: F,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)>
+) -> std::io::Result<(WriterHandle, Vec<JoinHandle<()>>)>
 where
-    F: Fn(usize, Vec<Report>) + Send + 'static,
+    F: Fn(usize, Vec<Report>) + Send + Sync + 'static,
 {
-    let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
     let status = Arc::new(WriterStatus::default());
     status.healthy.store(true, Ordering::Relaxed);
+    let notify = Arc::new(notify);
 
-    let writer = Writer { store, cfg, status: status.clone(), next: HashMap::new() };
-    let thread = std::thread::Builder::new()
-        .name("hubbub-history".into())
-        .spawn(move || writer.run(rx, notify))?;
-    Ok((WriterHandle { tx, status }, thread))
+    let mut lanes = Vec::new();
+    let mut threads = Vec::new();
+    for lane in 0..cfg.lanes.max(1) {
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+        let writer = Writer {
+            store: store.clone(),
+            cfg: cfg.clone(),
+            status: status.clone(),
+            next: HashMap::new(),
+            carry: None,
+        };
+        let notify = notify.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("hubbub-history{lane}"))
+            .spawn(move || writer.run(rx, &*notify))?;
+        lanes.push(tx);
+        threads.push(thread);
+    }
+    Ok((WriterHandle { lanes, hasher: Default::default(), status }, threads))
 }
 
 struct Writer {
@@ -129,32 +162,45 @@ struct Writer {
     status: Arc<WriterStatus>,
     /// The seq each room must have next; loaded from the store on first use.
     next: HashMap<Arc<str>, u64>,
+    /// A record taken off the queue while a batch was retrying, not expired:
+    /// it starts the next batch.
+    carry: Option<Pending>,
 }
 
 impl Writer {
-    fn run<F: Fn(usize, Vec<Report>)>(mut self, rx: Receiver<Msg>, notify: F) {
+    fn run(mut self, rx: Receiver<Msg>, notify: &dyn Fn(usize, Vec<Report>)) {
         let mut stopping = false;
         while !stopping {
-            // 1. Wait for one record, then take whatever else is queued.
-            let mut batch = Vec::new();
-            match rx.recv() {
-                Ok(Msg::Write(p)) => batch.push(p),
-                Ok(Msg::Stop) | Err(_) => break,
-            }
+            // 1. Wait for one record, then gather a batch.
+            let first = match self.carry.take() {
+                Some(p) => p,
+                None => match rx.recv() {
+                    Ok(Msg::Write(p)) => p,
+                    Ok(Msg::Stop) | Err(_) => break,
+                },
+            };
+            let deadline = first.queued + self.cfg.batch_age;
+            let mut batch = vec![first];
             while batch.len() < self.cfg.max_batch {
-                match rx.try_recv() {
+                let next = match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => rx.recv_timeout(left),
+                    _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+                };
+                match next {
                     Ok(Msg::Write(p)) => batch.push(p),
-                    Ok(Msg::Stop) => {
+                    Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
                         stopping = true;
                         break;
                     }
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
                 }
             }
 
             // 2. Commit, and 3. tell each owner.
+            let mut reports = self.commit(batch, &rx, &mut stopping);
+            reports.sort_by_key(|(owner, _)| *owner);
             let mut by_owner: HashMap<usize, Vec<Report>> = HashMap::new();
-            for (owner, report) in self.commit(batch) {
+            for (owner, report) in reports {
                 by_owner.entry(owner).or_default().push(report);
             }
             for (owner, reports) in by_owner {
@@ -164,55 +210,43 @@ impl Writer {
         tracing::debug!("history writer stopped");
     }
 
-    /// Store what can be stored; one report per pending record.
-    fn commit(&mut self, batch: Vec<Pending>) -> Vec<(usize, Report)> {
+    /// Store what can be stored; one report per record.
+    fn commit(
+        &mut self,
+        batch: Vec<Pending>,
+        rx: &Receiver<Msg>,
+        stopping: &mut bool,
+    ) -> Vec<(usize, Report)> {
         let mut reports = Vec::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
-        // First accepted seq of each room in this batch, to rewind on failure.
-        let mut first: HashMap<Arc<str>, u64> = HashMap::new();
 
-        // Keep only records that continue their room's sequence.
+        // Keep records that continue their room's sequence and did not wait
+        // too long; everything else is certainly not stored.
         for p in batch {
-            let expected = match self.expected(&p.record.room) {
-                Some(n) => n,
-                None => {
-                    // The store cannot even say where the room stands.
-                    let outcome = Outcome::NotStored { expected: p.record.seq };
-                    reports.push(report(&p, outcome));
-                    continue;
-                }
+            let Some(expected) = self.expected(&p.record.room) else {
+                reports.push(report(&p, Outcome::NotStored { expected: p.record.seq }));
+                continue;
             };
-            if p.record.seq != expected {
+            if p.record.seq != expected || p.queued.elapsed() > self.cfg.max_wait {
                 reports.push(report(&p, Outcome::NotStored { expected }));
                 continue;
             }
-            first.entry(p.record.room.clone()).or_insert(expected);
             self.next.insert(p.record.room.clone(), expected + 1);
             accepted.push(p);
         }
         if accepted.is_empty() {
+            self.status.refused.fetch_add(reports.len() as u64, Ordering::Relaxed);
             return reports;
         }
 
         let records: Vec<Record> = accepted.iter().map(|p| p.record.clone()).collect();
-        let stored = self.append_with_retry(&records);
-        if stored {
-            self.status.batches.fetch_add(1, Ordering::Relaxed);
-            self.status.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        } else {
-            self.status.failed_records.fetch_add(records.len() as u64, Ordering::Relaxed);
-            for (room, seq) in &first {
-                self.next.insert(room.clone(), *seq);
-            }
-        }
-        for p in accepted {
-            let outcome = if stored {
-                Outcome::Stored
-            } else {
-                Outcome::NotStored { expected: first[&p.record.room] }
-            };
-            reports.push(report(&p, outcome));
-        }
+        self.append_until_stored(&records, rx, &mut reports, stopping);
+        self.status.batches.fetch_add(1, Ordering::Relaxed);
+        self.status.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.status.last_batch.store(records.len() as u64, Ordering::Relaxed);
+        let refused = reports.len() as u64;
+        self.status.refused.fetch_add(refused, Ordering::Relaxed);
+        reports.extend(accepted.iter().map(|p| report(p, Outcome::Stored)));
         reports
     }
 
@@ -226,15 +260,22 @@ impl Writer {
                 Some(last + 1)
             }
             Err(e) => {
-                tracing::warn!(room = %room, err = %e, "history store cannot read last seq");
+                tracing::debug!(room = %room, err = %e, "history store cannot read last seq");
                 None
             }
         }
     }
 
-    /// Retry a failing commit with backoff for up to `retry_for`.
-    fn append_with_retry(&self, records: &[Record]) -> bool {
-        let deadline = Instant::now() + self.cfg.retry_for;
+    /// Retry a failing write with backoff until it succeeds. Meanwhile, refuse
+    /// queued records that have waited past `max_wait`, so that their senders
+    /// hear `unavailable` instead of waiting for the outage to end.
+    fn append_until_stored(
+        &mut self,
+        records: &[Record],
+        rx: &Receiver<Msg>,
+        refused: &mut Vec<(usize, Report)>,
+        stopping: &mut bool,
+    ) {
         let mut delay = Duration::from_millis(10);
         loop {
             match self.store.append(records) {
@@ -242,19 +283,42 @@ impl Writer {
                     if !self.status.healthy.swap(true, Ordering::Relaxed) {
                         tracing::info!(store = self.store.kind(), "history store recovered");
                     }
-                    return true;
+                    return;
                 }
                 Err(e) => {
                     if self.status.healthy.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(store = self.store.kind(), err = %e, "history store failing");
-                    }
-                    if Instant::now() + delay > deadline {
-                        return false;
+                        tracing::warn!(store = self.store.kind(), err = %e, "history store failing; retrying");
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
+                    self.expire_queued(rx, refused, stopping);
                 }
             }
+        }
+    }
+
+    /// Take expired records off the head of the queue (FIFO: the oldest are
+    /// first). The first one not expired is kept to start the next batch.
+    fn expire_queued(&mut self, rx: &Receiver<Msg>, out: &mut Vec<(usize, Report)>, stopping: &mut bool) {
+        if self.carry.is_some() {
+            return;
+        }
+        while let Ok(msg) = rx.try_recv() {
+            let p = match msg {
+                Msg::Write(p) => p,
+                Msg::Stop => {
+                    *stopping = true;
+                    return;
+                }
+            };
+            if p.queued.elapsed() <= self.cfg.max_wait {
+                self.carry = Some(p);
+                return;
+            }
+            // Never sent: certainly not stored. Its room's expected seq is
+            // unchanged by it.
+            let expected = self.next.get(&p.record.room).copied().unwrap_or(p.record.seq);
+            out.push(report(&p, Outcome::NotStored { expected }));
         }
     }
 }
@@ -275,11 +339,13 @@ mod tests {
     #[derive(Default)]
     struct Flaky {
         fail: AtomicBool,
+        attempts: AtomicU64,
         rows: Mutex<Vec<(String, u64)>>,
     }
 
     impl HistoryStore for Flaky {
         fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError("disk on fire".into()));
             }
@@ -291,11 +357,11 @@ mod tests {
             let rows = self.rows.lock().unwrap();
             Ok(rows.iter().filter(|(r, _)| r == room).map(|(_, s)| *s).max().unwrap_or(0))
         }
-        fn page(&self, _: &str, _: Option<u64>, _: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
-            Ok(vec![])
+        fn page(&self, _: &str, _: Option<u64>, _: usize) -> crate::store::ReadFuture {
+            Box::pin(std::future::ready(Ok(vec![])))
         }
-        fn after(&self, _: &str, _: u64, _: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
-            Ok(vec![])
+        fn after(&self, _: &str, _: u64, _: usize) -> crate::store::ReadFuture {
+            Box::pin(std::future::ready(Ok(vec![])))
         }
         fn kind(&self) -> &'static str {
             "flaky"
@@ -303,23 +369,31 @@ mod tests {
     }
 
     fn pending(room: &str, seq: u64, epoch: u32) -> Pending {
-        Pending { owner: 0, epoch, record: Record { room: room.into(), seq, json: Bytes::new() } }
+        let record = Record { room: room.into(), seq, json: Bytes::new() };
+        Pending { owner: 0, epoch, record, queued: Instant::now() }
+    }
+
+    fn cfg() -> WriterConfig {
+        WriterConfig {
+            max_batch: 100,
+            queue: 100,
+            max_wait: Duration::from_millis(50),
+            batch_age: Duration::ZERO,
+            lanes: 1,
+        }
     }
 
     fn writer(store: Arc<Flaky>) -> Writer {
-        let cfg = WriterConfig {
-            max_batch: 100,
-            queue: 100,
-            retry_for: Duration::from_millis(30),
-        };
-        Writer { store, cfg, status: Arc::default(), next: HashMap::new() }
+        Writer { store, cfg: cfg(), status: Arc::default(), next: HashMap::new(), carry: None }
     }
 
     #[test]
     fn contiguous_records_are_stored_and_gaps_refused() {
         let store = Arc::new(Flaky::default());
         let mut w = writer(store.clone());
-        let out = w.commit(vec![pending("r", 1, 0), pending("r", 2, 0), pending("r", 4, 0)]);
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let batch = vec![pending("r", 1, 0), pending("r", 2, 0), pending("r", 4, 0)];
+        let out = w.commit(batch, &rx, &mut false);
         let outcomes: Vec<_> = out.iter().map(|(_, r)| (r.seq, r.outcome)).collect();
         assert!(outcomes.contains(&(1, Outcome::Stored)));
         assert!(outcomes.contains(&(2, Outcome::Stored)));
@@ -328,46 +402,64 @@ mod tests {
     }
 
     #[test]
-    fn failed_batch_rewinds_the_room_and_later_seqs_are_refused() {
+    fn a_failing_batch_is_retried_and_expired_queued_records_are_refused() {
         let store = Arc::new(Flaky::default());
-        let mut w = writer(store.clone());
-        w.commit(vec![pending("r", 1, 0)]);
-
         store.fail.store(true, Ordering::SeqCst);
-        let out = w.commit(vec![pending("r", 2, 0), pending("r", 3, 0)]);
-        assert!(out.iter().all(|(_, r)| r.outcome == Outcome::NotStored { expected: 2 }));
+        let mut w = writer(store.clone());
+        let (tx, rx) = crossbeam_channel::bounded(10);
+        let mut old = pending("other", 1, 0);
+        old.queued -= Duration::from_secs(1);
+        tx.send(Msg::Write(old)).unwrap();
+        tx.send(Msg::Write(pending("other", 2, 0))).unwrap();
 
-        // A record assigned before the owner heard of the failure.
-        store.fail.store(false, Ordering::SeqCst);
-        let out = w.commit(vec![pending("r", 4, 0)]);
-        assert_eq!(out[0].1.outcome, Outcome::NotStored { expected: 2 });
+        // Heal the store after a few failed attempts.
+        let healer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                while store.attempts.load(Ordering::SeqCst) < 3 {
+                    std::thread::yield_now();
+                }
+                store.fail.store(false, Ordering::SeqCst);
+            })
+        };
+        let out = w.commit(vec![pending("r", 1, 0)], &rx, &mut false);
+        healer.join().unwrap();
 
-        // After the rewind the owner starts again at 2, in a new epoch.
-        let out = w.commit(vec![pending("r", 2, 1)]);
-        assert_eq!(out[0].1.outcome, Outcome::Stored);
-        assert_eq!(out[0].1.epoch, 1);
-        assert_eq!(store.last_seq("r").unwrap(), 2);
+        let stored: Vec<_> = out.iter().filter(|(_, r)| r.outcome == Outcome::Stored).collect();
+        assert_eq!(stored.len(), 1, "the sent batch is never given up");
+        let refused: Vec<_> = out.iter().filter(|(_, r)| r.room.as_ref() == "other").collect();
+        assert_eq!(refused.len(), 1, "only the expired queued record is refused");
+        assert_eq!(refused[0].1.outcome, Outcome::NotStored { expected: 1 });
+        assert_eq!(w.carry.as_ref().map(|p| p.record.seq), Some(2), "the fresh one is kept");
     }
 
     #[test]
-    fn the_thread_reports_to_owners_and_stops_after_draining() {
+    fn the_threads_report_to_owners_and_stop_after_draining() {
         let store = Arc::new(Flaky::default());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let cfg = WriterConfig { max_batch: 4, queue: 64, retry_for: Duration::from_millis(10) };
-        let (handle, thread) = spawn(store.clone(), cfg, move |owner, reports| {
-            sink.lock().unwrap().extend(reports.into_iter().map(|r| (owner, r.seq, r.outcome)));
+        let cfg = WriterConfig { max_batch: 4, lanes: 3, ..cfg() };
+        let (handle, threads) = spawn(store.clone(), cfg, move |owner, reports| {
+            sink.lock().unwrap().extend(reports.into_iter().map(|r| (owner, r.room, r.seq, r.outcome)));
         })
         .unwrap();
-        for seq in 1..=10 {
-            handle.try_submit(pending("r", seq, 0)).unwrap();
+        for room in ["a", "b", "c", "d"] {
+            for seq in 1..=10 {
+                handle.try_submit(pending(room, seq, 0)).unwrap();
+            }
         }
         handle.stop();
-        thread.join().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
 
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 10);
-        assert!(seen.iter().all(|(o, _, out)| *o == 0 && *out == Outcome::Stored));
-        assert_eq!(store.last_seq("r").unwrap(), 10);
+        assert_eq!(seen.len(), 40);
+        assert!(seen.iter().all(|(o, _, _, out)| *o == 0 && *out == Outcome::Stored));
+        for room in ["a", "b", "c", "d"] {
+            let seqs: Vec<u64> = seen.iter().filter(|r| &*r.1 == room).map(|r| r.2).collect();
+            assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "in order per room");
+            assert_eq!(store.last_seq(room).unwrap(), 10);
+        }
     }
 }
