@@ -5,7 +5,8 @@
 #   scripts/test.sh            all tests
 #   SKIP_AUTOBAHN=1 scripts/test.sh   skip the WebSocket conformance run
 #
-# Steps: Rust unit and integration tests (debug profile, built once, run on
+# Steps: a virtualenv with SecantusDB (a MongoDB-wire server) and the Python
+# test client; Rust unit and integration tests (debug profile, built once, run on
 # both the io_uring and the epoll driver), the Python end-to-end tests, and
 # the Autobahn|Testsuite conformance cases against /ws/echo.
 set -euo pipefail
@@ -26,7 +27,10 @@ fi
 
 say "python virtualenv for the end-to-end tests ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt \
+    -r tests/backends-requirements.txt
+# The MongoDB-wire server the store tests start and stop themselves.
+export HUBBUB_TEST_MONGO_PYTHON="$VENV/bin/python"
 
 # --- 2. Rust tests ------------------------------------------------------------
 # fault-injection lets one test make a connection task panic on purpose.
@@ -35,7 +39,7 @@ cargo test --workspace --locked --features fault-injection
 
 say "integration tests again on the epoll driver"
 HUBBUB_TEST_DRIVER=epoll cargo test --locked --features fault-injection \
-    --test chat --test bad_input --test hardening
+    --test chat --test bad_input --test hardening --test mongo
 
 # --- 3. Python client ---------------------------------------------------------
 say "python websockets end-to-end tests"

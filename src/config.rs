@@ -74,6 +74,7 @@ pub enum DriverChoice {
     /// io_uring, falling back to epoll (with a warning) where it is refused.
     Auto,
     /// io_uring or fail to start.
+    #[value(name = "io_uring", alias = "io-uring")]
     IoUring,
     /// epoll only (containers whose seccomp profile blocks io_uring).
     Epoll,
@@ -263,6 +264,26 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_HISTORY_QUEUE", global = true)]
     pub history_queue: Option<usize>,
 
+    /// MongoDB connection string; history goes to MongoDB instead of the
+    /// embedded store. Write concern and TLS are set in the URL
+    /// (`?w=majority`).
+    #[arg(long, env = "HUBBUB_MONGO_URL", global = true, hide_env_values = true)]
+    pub mongo_url: Option<String>,
+
+    /// MongoDB database name [default: hubbub].
+    #[arg(long, env = "HUBBUB_MONGO_DB", global = true)]
+    pub mongo_db: Option<String>,
+
+    /// Days of history to keep in MongoDB (a TTL index on `ts`); unset keeps
+    /// everything.
+    #[arg(long, env = "HUBBUB_MONGO_RETENTION_DAYS", global = true)]
+    pub mongo_retention_days: Option<u64>,
+
+    /// History writer threads, each with its own batch in flight; rooms are
+    /// spread over them [default: 1 embedded, 4 MongoDB].
+    #[arg(long, env = "HUBBUB_HISTORY_LANES", global = true)]
+    pub history_lanes: Option<usize>,
+
     /// Milliseconds a history write may wait for its batch to fill (0: commit
     /// whatever is queued at once) [default: 0].
     #[arg(long, env = "HUBBUB_HISTORY_BATCH_AGE_MS", global = true)]
@@ -312,9 +333,29 @@ pub struct Config {
     pub history_batch: usize,
     pub history_queue: usize,
     pub history_batch_age: Duration,
+    pub mongo: Option<MongoConfig>,
+    pub history_lanes: usize,
     pub history_max_wait: Duration,
     pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct MongoConfig {
+    pub url: String,
+    pub db: String,
+    pub retention: Option<Duration>,
+}
+
+impl std::fmt::Debug for MongoConfig {
+    // The URL may carry credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("url", &"<redacted>")
+            .field("db", &self.db)
+            .field("retention", &self.retention)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +526,12 @@ impl Options {
             history_batch: o.history_batch.unwrap_or(1024).max(1),
             history_queue: o.history_queue.unwrap_or(65_536).max(1),
             history_batch_age: Duration::from_millis(o.history_batch_age_ms.unwrap_or(0)),
+            history_lanes: o.history_lanes.unwrap_or(if o.mongo_url.is_some() { 4 } else { 1 }).max(1),
+            mongo: o.mongo_url.map(|url| MongoConfig {
+                url,
+                db: o.mongo_db.unwrap_or_else(|| "hubbub".to_owned()),
+                retention: o.mongo_retention_days.map(|d| Duration::from_secs(d * 86_400)),
+            }),
             history_max_wait: Duration::from_secs(o.history_max_wait.unwrap_or(10).max(1)),
             handshake_timeout: Duration::from_secs(o.handshake_timeout.unwrap_or(10).max(1)),
             shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(10)),
@@ -503,7 +550,8 @@ impl Options {
             max_rooms_per_conn, history_cache, user_messages_per_sec, typing_per_sec,
             joins_per_sec, history_per_sec, connections_per_ip_per_sec, max_conns_per_user,
             max_connections, memory_limit_mb, allowed_origins, ping_interval, pong_timeout, history_batch, history_queue,
-            max_outbound_bytes, history_batch_age_ms, history_max_wait, handshake_timeout, shutdown_grace,
+            max_outbound_bytes, mongo_url, mongo_db, mongo_retention_days, history_lanes,
+            history_batch_age_ms, history_max_wait, handshake_timeout, shutdown_grace,
         )
     }
 }

@@ -376,7 +376,7 @@ async fn refuse_auth(stream: &mut TcpStream, err: &AuthError, cors: &str) {
 fn health(shard: &Shard) -> String {
     let shared = &shard.shared;
     let writer = &shared.writer.status;
-    let store_ok = writer.healthy.load(Ordering::Relaxed);
+    let store_ok = shared.store_ok();
     let value = serde_json::json!({
         "status": if store_ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),

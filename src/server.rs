@@ -17,7 +17,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, DriverChoice, JwtKey};
 use crate::shard::{inbox, Inbox, Shard, ShardMsg, Shared};
 use crate::store::writer::{self, WriterConfig};
-use crate::store::{EmbeddedStore, HistoryStore};
+use crate::store::{EmbeddedStore, HistoryStore, MongoStore};
 use crate::http;
 
 /// Accept backlog per worker listener.
@@ -32,6 +32,8 @@ pub struct Running {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
+    /// The tokio side runtime, when a backend uses one; dropped last.
+    side: Option<tokio::runtime::Runtime>,
 }
 
 /// Start everything and return once every worker is listening.
@@ -48,10 +50,32 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         );
     }
 
-    // The history store and its writer.
-    let store: Arc<dyn HistoryStore> = Arc::new(
-        EmbeddedStore::open(&config.data_dir).context("history store (check --data-dir)")?,
-    );
+    // The tokio side runtime, for the backends that need one; the workers
+    // never run on it and never block on it.
+    let side = match config.mongo {
+        Some(_) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("hubbub-side")
+                .enable_all()
+                .build()
+                .context("cannot start the side runtime")?,
+        ),
+        None => None,
+    };
+
+    // The history store and its writers.
+    let store: Arc<dyn HistoryStore> = match (&config.mongo, &side) {
+        (Some(m), Some(rt)) => {
+            let store = MongoStore::connect(&m.url, &m.db, m.retention, rt.handle().clone())
+                .context("history store (check --mongo-url)")?;
+            tracing::info!(db = %m.db, "connected to MongoDB");
+            Arc::new(store)
+        }
+        _ => Arc::new(
+            EmbeddedStore::open(&config.data_dir).context("history store (check --data-dir)")?,
+        ),
+    };
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.workers).map(|_| inbox::channel()).unzip();
     let notify = {
         let mailboxes = mailboxes.clone();
@@ -62,8 +86,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         queue: config.history_queue,
         max_wait: config.history_max_wait,
         batch_age: config.history_batch_age,
-        // redb runs one write transaction at a time: more lanes would queue.
-        lanes: 1,
+        lanes: config.history_lanes,
     };
     let (writer, writer_threads) = writer::spawn(store.clone(), writer_cfg, notify)?;
 
@@ -101,7 +124,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         max_connections = shared.config.limits.max_connections,
         "listening"
     );
-    Ok(Running { addr, shared, workers, writers: writer_threads })
+    Ok(Running { addr, shared, workers, writers: writer_threads, side })
 }
 
 impl Running {
@@ -137,6 +160,9 @@ impl Running {
         for writer in self.writers {
             let _ = writer.join();
         }
+        if let Some(rt) = self.side {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     }
 }
@@ -144,10 +170,13 @@ impl Running {
 type Ready = mpsc::Sender<Result<(), String>>;
 
 fn run_worker(id: usize, shared: Arc<Shared>, inbox: Inbox<ShardMsg>, addr: SocketAddr, ready: Ready) {
-    // Pin to a core; a failure (restricted cpuset) costs locality only.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
-        tracing::debug!(shard = id, err = ?e, "could not pin worker to a core");
+    // Pin to one of the CPUs this process may use (a cpuset or systemd
+    // CPUAffinity= need not start at CPU 0); a failure costs locality only.
+    let cpus = allowed_cpus();
+    if let Some(cpu) = cpus.get(id % cpus.len().max(1)) {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([*cpu]) {
+            tracing::debug!(shard = id, err = ?e, "could not pin worker to a core");
+        }
     }
 
     let choice = shared.config.driver;
@@ -246,6 +275,18 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             }
             Err(e) => tracing::debug!(shard = shard.id, err = %e, "accept failed"),
         }
+    }
+}
+
+/// The CPUs in this process's affinity mask, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid, and the size passed is its own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
     }
 }
 

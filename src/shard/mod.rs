@@ -172,8 +172,12 @@ impl Shared {
 
     /// Ready to take messages: not shutting down, and the store is healthy.
     pub fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed)
-            && self.writer.status.healthy.load(Ordering::Relaxed)
+        !self.shutting_down.load(Ordering::Relaxed) && self.store_ok()
+    }
+
+    /// The history store answers and the last write went through.
+    pub fn store_ok(&self) -> bool {
+        self.writer.status.healthy.load(Ordering::Relaxed) && self.store.reachable()
     }
 }
 

@@ -11,6 +11,7 @@
 //! history page is a concatenation of stored bytes.
 
 pub mod embedded;
+pub mod mongo;
 pub mod writer;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use embedded::EmbeddedStore;
+pub use mongo::MongoStore;
 
 /// One message on its way to the store.
 #[derive(Debug, Clone)]
@@ -69,4 +71,11 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// A short name for `/health`.
     fn kind(&self) -> &'static str;
+
+    /// Whether the store answers, as last probed (a networked store probes
+    /// in the background, so that readiness reflects an outage even when no
+    /// message is being written).
+    fn reachable(&self) -> bool {
+        true
+    }
 }

@@ -203,15 +203,23 @@ impl Client {
     /// The first (buffered or new) frame matching `pred`; fails the test
     /// after [`WAIT`].
     pub async fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.next_within(what, WAIT, pred).await
+    }
+
+    /// [`Client::next_where`] with its own deadline.
+    pub async fn next_within(&mut self, what: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.frames.iter().position(&pred) {
             return self.frames.remove(i);
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let msg = tokio::time::timeout(left, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}; buffered: {:?}", self.frames));
+                .unwrap_or_else(|_| {
+                    let tail = &self.frames[self.frames.len().saturating_sub(3)..];
+                    panic!("timed out waiting for {what}; {} buffered, last: {tail:?}", self.frames.len())
+                });
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).expect("server sent JSON");
@@ -235,8 +243,12 @@ impl Client {
 
     /// The answer (ack, error, history or pong) to the request with `id`.
     pub async fn reply(&mut self, id: &str) -> Value {
+        self.reply_within(id, WAIT).await
+    }
+
+    pub async fn reply_within(&mut self, id: &str, wait: Duration) -> Value {
         let id_owned = id.to_owned();
-        self.next_where(&format!("reply to {id}"), move |v| {
+        self.next_within(&format!("reply to {id}"), wait, move |v| {
             v["id"] == id_owned.as_str() && v["type"] != "message" && v["type"] != "dm"
         })
         .await
@@ -445,4 +457,77 @@ pub fn parse_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
 /// The close code of a close frame's payload.
 pub fn close_code(payload: &[u8]) -> u16 {
     u16::from_be_bytes([payload[0], payload[1]])
+}
+
+/// A MongoDB-wire server (SecantusDB) as a child process, with its data in a
+/// directory that survives a kill and restart.
+pub struct Mongo {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    python: String,
+    child: Option<Child>,
+}
+
+impl Mongo {
+    /// Start one, or None (with a note on stderr) when the test command has
+    /// not provided it: `HUBBUB_TEST_MONGO_PYTHON` names a Python that has
+    /// `secantusdb` installed; scripts/test.sh sets it.
+    pub fn start() -> Option<Mongo> {
+        let Ok(python) = std::env::var("HUBBUB_TEST_MONGO_PYTHON") else {
+            eprintln!(
+                "SKIPPED: HUBBUB_TEST_MONGO_PYTHON is not set, so there is no MongoDB-wire server \
+                 for this test; run scripts/test.sh, which installs and starts one"
+            );
+            return None;
+        };
+        let mut mongo = Mongo { port: free_port(), dir: tempfile::tempdir().unwrap(), python, child: None };
+        mongo.spawn();
+        Some(mongo)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.python)
+            .args(["-m", "secantus", "--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(self.dir.path())
+            // Durable commits, as a production MongoDB journals them.
+            .args(["--log-level", "WARNING", "--sync-on-commit"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start secantus");
+        self.child = Some(child);
+        // Python start-up is slow on a busy machine: allow a minute, but stop
+        // at once if the server exits.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the MongoDB-wire server exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "the MongoDB-wire server did not start in 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// SIGKILL: an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+}
+
+impl Drop for Mongo {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
