@@ -7,8 +7,9 @@
 #
 # Steps: a virtualenv with SecantusDB (a MongoDB-wire server) and the Python
 # test client; Rust unit and integration tests (debug profile, built once, run on
-# both the io_uring and the epoll driver), the Python end-to-end tests, and
-# the Autobahn|Testsuite conformance cases against /ws/echo.
+# both the io_uring and the epoll driver), the Python end-to-end tests, the
+# browser client and demo page in headless Chromium, and the
+# Autobahn|Testsuite conformance cases against /ws/echo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,13 +40,17 @@ cargo test --workspace --locked --features fault-injection
 
 say "integration tests again on the epoll driver"
 HUBBUB_TEST_DRIVER=epoll cargo test --locked --features fault-injection \
-    --test chat --test bad_input --test hardening --test mongo
+    --test chat --test bad_input --test hardening --test mongo --test operations
 
 # --- 3. Python client ---------------------------------------------------------
 say "python websockets end-to-end tests"
 HUBBUB_BIN="$ROOT/target/debug/hubbub" "$VENV/bin/python" -m pytest -q tests/python
 
-# --- 4. WebSocket conformance ---------------------------------------------------
+# --- 4. Browser ----------------------------------------------------------------
+say "browser client and demo page (Node and headless Chromium)"
+HUBBUB_BIN="$ROOT/target/debug/hubbub" bash tests/browser/run.sh
+
+# --- 5. WebSocket conformance ---------------------------------------------------
 if [ "${SKIP_AUTOBAHN:-0}" = 1 ]; then
     say "Autobahn skipped (SKIP_AUTOBAHN=1)"
     exit 0

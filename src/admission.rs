@@ -121,6 +121,7 @@ impl Admission {
 
     /// A new TCP connection from `ip`.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
+        // Keyed limiter state per address; see `sweep` for its upkeep.
         self.per_ip.check_key(&ip).map_err(|_| Refusal::IpRate)
     }
 
@@ -160,6 +161,7 @@ impl Admission {
     }
 
     pub fn count(&self, why: Refusal) {
+        crate::metrics::get().refused.with_label_values(&[why.label()]).inc();
         let i = Refusal::ALL.iter().position(|r| *r == why).expect("listed");
         self.refused[i].fetch_add(1, Ordering::Relaxed);
     }

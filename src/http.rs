@@ -54,7 +54,7 @@ impl Head {
     }
 
     /// The bearer token of `Authorization`.
-    fn bearer(&self) -> Option<&str> {
+    pub fn bearer(&self) -> Option<&str> {
         let value = self.header_str("authorization")?;
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -161,6 +161,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             send(&mut stream, status, "application/json", body.as_bytes(), "").await;
         }
         ("GET", path) if is_api(path) => api_history(shard, &mut stream, &head).await,
+        (_, path) if path.starts_with("/admin/") => {
+            crate::admin::serve(shard, &mut stream, &head, rest).await
+        }
+        ("GET", "/metrics") => {
+            let m = crate::metrics::get();
+            m.history_queue.set(shard.shared.writer.queue_len() as i64);
+            let body = m.render();
+            send(&mut stream, 200, "text/plain; version=0.0.4", &body, "").await;
+        }
         ("GET", "/hubbub.js") => {
             let js = include_str!("../clients/js/hubbub.js");
             send(&mut stream, 200, "text/javascript; charset=utf-8", js.as_bytes(), "").await;
@@ -419,7 +428,7 @@ pub async fn respond(stream: &mut TcpStream, status: u16, reason: &str, extra: &
     send(stream, status, "application/json", error_body(reason).as_bytes(), &extra).await;
 }
 
-async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8], extra: &str) {
+pub async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8], extra: &str) {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n{extra}\r\n",
@@ -434,7 +443,10 @@ async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u
 fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         204 => "No Content",
+        411 => "Length Required",
+        413 => "Content Too Large",
         429 => "Too Many Requests",
         400 => "Bad Request",
         401 => "Unauthorized",

@@ -11,23 +11,27 @@
 //!
 //! Modules:
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
+//! - [`admin`]: the admin HTTP API.
 //! - [`admission`]: connection admission and limits shared by all workers.
 //! - [`auth`]: JWT verification and room access.
 //! - [`protocol`]: the frames of `PROTOCOL.md` and their JSON.
 //! - [`content`]: message content sanitising.
 //! - [`ws`]: the RFC 6455 codec, sans I/O.
 //! - [`http`]: the request head, upgrade routes, health and REST history.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`conn`]: one connection's session, outbound queue and socket loops.
 //! - [`shard`]: per-core state, room ownership and cross-core messages.
 //! - [`store`]: the history store interface, embedded store and batch writer.
 //! - [`server`]: start-up, worker threads and shutdown.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod content;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -217,13 +217,16 @@ impl Chat {
                 let room = self.joined(room)?;
                 let content = self.sanitize(content)?;
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                self.shard.metrics.messages_in.inc();
+                let reply = ReplyTo::Conn { conn: self.id, id: id.clone() };
                 let req = PublishReq {
                     room: room.clone(),
                     to: None,
                     user: self.user.clone(),
-                    origin: self.id,
+                    origin: Some(self.id),
                     id,
                     content,
+                    reply,
                 };
                 shared.send(shared.owner(&room), ShardMsg::Publish(Box::new(req)));
             }
@@ -233,20 +236,24 @@ impl Chat {
                 check_user_id(to)?;
                 let content = self.sanitize(content)?;
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                self.shard.metrics.messages_in.inc();
                 let room: Arc<str> = auth::dm_room(&self.user.id, to).into();
+                let reply = ReplyTo::Conn { conn: self.id, id: id.clone() };
                 let req = PublishReq {
                     room: room.clone(),
                     to: Some(Arc::from(to)),
                     user: self.user.clone(),
-                    origin: self.id,
+                    origin: Some(self.id),
                     id,
                     content,
+                    reply,
                 };
                 shared.send(shared.owner(&room), ShardMsg::Publish(Box::new(req)));
             }
 
             Request::Typing { target, state } => {
                 if self.typing.check().is_err() {
+                    crate::metrics::get().rate_limited.with_label_values(&["typing"]).inc();
                     return Ok(());
                 }
                 let json = protocol::typing(&target, &self.user.id, state);
@@ -341,6 +348,12 @@ impl Chat {
             self.strikes = 0;
             return Ok(());
         };
+        let label = match budget {
+            Budget::Messages => "messages",
+            Budget::Joins => "joins",
+            Budget::Reads => "reads",
+        };
+        crate::metrics::get().rate_limited.with_label_values(&[label]).inc();
         self.strikes += 1;
         if self.strikes > FLOOD_STRIKES {
             tracing::info!(conn = %self.id, user = %self.user.id, "flooding client closed");

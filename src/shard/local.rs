@@ -22,6 +22,7 @@ impl Shard {
         self.conns.borrow_mut().insert(local, conn);
         self.shared.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections.inc();
         local
     }
 
@@ -29,6 +30,7 @@ impl Shard {
     pub fn unregister(&self, local: u32) {
         let Some(conn) = self.conns.borrow_mut().remove(&local) else { return };
         self.shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections.dec();
 
         let mut users = self.users.borrow_mut();
         if let Some(list) = users.get_mut(&conn.user.id) {
@@ -67,13 +69,15 @@ impl Shard {
         let members = self.members.borrow();
         let Some(list) = members.get(room) else { return };
         let conns = self.conns.borrow();
+        let mut queued = 0;
         for local in list {
             let Some(conn) = conns.get(local) else { continue };
             if skip_user.is_some_and(|u| *conn.user.id == *u) {
                 continue;
             }
-            self.push(conn, frame.clone());
+            queued += self.push(conn, frame.clone()) as u64;
         }
+        self.metrics.messages_out.inc_by(queued);
     }
 
     pub(super) fn deliver_users(&self, users: &[Arc<str>], frame: &Bytes, skip: Option<super::ConnId>) {
@@ -92,6 +96,18 @@ impl Shard {
                 if let Some(conn) = conns.get(local) {
                     self.push(conn, frame.clone());
                 }
+            }
+        }
+    }
+
+    /// Close every local connection of `user` with 4001 (a private-use code:
+    /// "disconnected by the server"; the client should not retry at once).
+    pub(super) fn disconnect_user(&self, user: &str) {
+        let by_user = self.users.borrow();
+        let conns = self.conns.borrow();
+        for local in by_user.get(user).into_iter().flatten() {
+            if let Some(conn) = conns.get(local) {
+                conn.outbox.close(4001, "disconnected by the server");
             }
         }
     }
@@ -131,6 +147,7 @@ impl Shard {
         let queued = conn.outbox.push(frame);
         if !queued && was_open {
             self.shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            self.metrics.slow_consumers.inc();
             tracing::warn!(user = %conn.user.id, shard = self.id, "slow consumer closed");
         }
         queued

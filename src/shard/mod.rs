@@ -53,6 +53,23 @@ pub enum ReplyTo {
     Conn { conn: ConnId, id: Option<Box<str>> },
     /// An HTTP request waiting on its shard: gets the JSON body or an error.
     Http(futures_channel::oneshot::Sender<Result<Vec<u8>, ClientError>>),
+    /// Nobody (already answered).
+    Nobody,
+}
+
+impl ReplyTo {
+    /// The request id to repeat in the answer.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ReplyTo::Conn { id, .. } => id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Move the reply target out, leaving `Nobody`.
+    pub fn take(&mut self) -> ReplyTo {
+        std::mem::replace(self, ReplyTo::Nobody)
+    }
 }
 
 pub struct JoinReq {
@@ -68,9 +85,13 @@ pub struct PublishReq {
     /// For a DM: the recipient's user id.
     pub to: Option<Arc<str>>,
     pub user: Arc<User>,
-    pub origin: ConnId,
+    /// The sending connection; None for the admin API.
+    pub origin: Option<ConnId>,
+    /// The client's request id, kept in the frame and used to spot resends.
     pub id: Option<Box<str>>,
     pub content: String,
+    /// Where the ack goes.
+    pub reply: ReplyTo,
 }
 
 pub struct HistoryReq {
@@ -97,7 +118,8 @@ pub enum ShardMsg {
 
     // ---- to the shard of a connection
     /// A room frame for every local member, except those of `skip_user`.
-    Deliver { room: Arc<str>, frame: Bytes, skip_user: Option<Arc<str>> },
+    /// `at` is when the owner sent it, for the fan-out latency metric.
+    Deliver { room: Arc<str>, frame: Bytes, skip_user: Option<Arc<str>>, at: std::time::Instant },
     /// A frame for every local connection of these users (DMs), except
     /// `skip` (the sending connection).
     DeliverUsers { users: Vec<Arc<str>>, frame: Bytes, skip: Option<ConnId> },
@@ -106,6 +128,11 @@ pub enum ShardMsg {
     /// The owner accepted a join: send the ack, then the backlog, and start
     /// delivering the room's live messages.
     Joined { conn: u32, room: Arc<str>, ack: Bytes, backlog: Vec<Bytes> },
+
+    /// Close every local connection of a user (admin API), with 4001.
+    Disconnect { user: Arc<str> },
+    /// Room facts for the admin API, from the owner.
+    RoomInfo { room: Arc<str>, reply: ReplyTo },
 
     // ---- lifecycle
     /// Stop accepting, close every connection with 1001, then stop.
@@ -209,6 +236,8 @@ pub struct Shard {
     refused: Cell<(u64, Option<std::time::Instant>)>,
     /// The accept loop's waker, woken when shutdown begins.
     stop_waker: RefCell<Option<std::task::Waker>>,
+    /// This shard's metric handles.
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// How long an owned room with no members and nothing in flight stays in
@@ -233,6 +262,7 @@ impl Shard {
             json_scratch: RefCell::new(simd_json::Buffers::default()),
             refused: Cell::new((0, None)),
             stop_waker: RefCell::new(None),
+            metrics: crate::metrics::get().shard(id),
         }
     }
 
@@ -277,6 +307,7 @@ impl Shard {
             }
             if last_sweep.elapsed() > Duration::from_secs(30) {
                 self.sweep_rooms();
+                self.metrics.rooms.set(self.rooms.borrow().len() as i64);
                 if self.id == 0 {
                     self.shared.admission.sweep();
                 }
@@ -296,11 +327,14 @@ impl Shard {
             ShardMsg::Typing { ref room, .. } => self.to_room(room.clone(), msg),
             ShardMsg::History(ref req) => self.to_room(req.room.clone(), msg),
             ShardMsg::Presence { ref room, .. } => self.to_room(room.clone(), msg),
+            ShardMsg::RoomInfo { ref room, .. } => self.to_room(room.clone(), msg),
+            ShardMsg::Disconnect { user } => self.disconnect_user(&user),
             ShardMsg::Stored(reports) => self.on_stored(reports),
 
             // Frames for connections on this shard.
-            ShardMsg::Deliver { room, frame, skip_user } => {
-                self.deliver_room(&room, &frame, skip_user.as_deref())
+            ShardMsg::Deliver { room, frame, skip_user, at } => {
+                self.deliver_room(&room, &frame, skip_user.as_deref());
+                self.metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
             }
             ShardMsg::DeliverUsers { users, frame, skip } => self.deliver_users(&users, &frame, skip),
             ShardMsg::ToConn { conn, frame } => self.deliver_conn(conn, frame),
@@ -325,6 +359,7 @@ impl Shard {
             ReplyTo::Http(tx) => {
                 let _ = tx.send(result);
             }
+            ReplyTo::Nobody => {}
         }
     }
 

@@ -67,10 +67,13 @@ struct Member {
 struct InFlight {
     frame: Bytes,
     ts: u64,
-    /// The sending connection: a DM is not echoed to it.
-    origin: ConnId,
+    /// When the owner accepted it, for the ack latency metric.
+    accepted: Instant,
+    /// The sending connection (none for the admin API): a DM is not echoed
+    /// to it.
+    origin: Option<ConnId>,
     /// Who waits for the ack: the sender, and any resend of the same id.
-    waiters: Vec<(ConnId, Option<Box<str>>)>,
+    waiters: Vec<ReplyTo>,
     seen_key: Option<(Arc<str>, Box<str>)>,
 }
 
@@ -218,6 +221,7 @@ impl Shard {
             ShardMsg::Typing { room, user, frame } => self.on_typing(&room, user, frame),
             ShardMsg::History(req) => self.on_history(*req),
             ShardMsg::Presence { room, reply } => self.on_presence(&room, reply),
+            ShardMsg::RoomInfo { room, reply } => self.on_room_info(&room, reply),
             _ => unreachable!("only room requests are routed to rooms"),
         }
     }
@@ -228,9 +232,10 @@ impl Shard {
         let err = ClientError::new(Code::Unavailable, "history store unavailable");
         let reply = match msg {
             ShardMsg::Join(req) => ReplyTo::Conn { conn: req.conn, id: req.id },
-            ShardMsg::Publish(req) => ReplyTo::Conn { conn: req.origin, id: req.id },
+            ShardMsg::Publish(req) => req.reply,
             ShardMsg::History(req) => req.reply,
             ShardMsg::Presence { reply, .. } => reply,
+            ShardMsg::RoomInfo { reply, .. } => reply,
             _ => return,
         };
         self.reply(reply, Err(err));
@@ -282,6 +287,7 @@ impl Shard {
     /// `since` (`fetched` from the store, then the cache), atomically with
     /// respect to live fan-out, which follows on the same queue.
     fn complete_join(&self, req: JoinReq, fetched: Option<Result<Rows, StoreError>>) {
+        self.metrics.joins.inc();
         let max_listed = self.shared.config.limits.max_members_listed;
         let fetched = match fetched {
             Some(Err(e)) => {
@@ -367,7 +373,8 @@ impl Shard {
     fn on_publish(&self, req: PublishReq) {
         let shard = self.id;
         let writer = &self.shared.writer;
-        let result = self.ready(&req.room, |room| -> Result<(), ClientError> {
+        let mut req = req;
+        let result = self.ready(&req.room, |room| -> Result<Option<Vec<u8>>, ClientError> {
             expire_seen(room);
 
             // A resend of a request we already have: answer with the original.
@@ -376,15 +383,12 @@ impl Shard {
                 match room.seen.get(key) {
                     Some(Seen::Done { seq, ts }) => {
                         let ack = protocol::ack_posted(req.id.as_deref(), &req.room, *seq, *ts);
-                        let frame = encode(OpCode::Text, &ack);
-                        let msg = ShardMsg::ToConn { conn: req.origin.local, frame };
-                        self.shared.send(req.origin.shard as usize, msg);
-                        return Ok(());
+                        return Ok(Some(ack));
                     }
                     Some(Seen::InFlight(epoch, seq)) => {
                         if let Some(f) = room.inflight.get_mut(&(*epoch, *seq)) {
-                            f.waiters.push((req.origin, req.id.clone()));
-                            return Ok(());
+                            f.waiters.push(req.reply.take());
+                            return Ok(None);
                         }
                     }
                     None => {}
@@ -411,18 +415,26 @@ impl Shard {
                 room.seen.insert(key.clone(), Seen::InFlight(room.epoch, seq));
                 room.seen_order.push_back((Instant::now(), key.clone()));
             }
-            let waiters = vec![(req.origin, req.id.clone())];
-            let flight = InFlight { frame, ts, origin: req.origin, waiters, seen_key: key };
+            let waiters = vec![req.reply.take()];
+            let flight = InFlight {
+                frame,
+                ts,
+                accepted: Instant::now(),
+                origin: req.origin,
+                waiters,
+                seen_key: key,
+            };
             room.inflight.insert((room.epoch, seq), flight);
-            Ok(())
+            Ok(None)
         });
 
-        let err = match result {
-            Some(Ok(())) => return,
-            Some(Err(err)) => err,
-            None => ClientError::new(Code::Unavailable, "room not available"),
+        let answer = match result {
+            Some(Ok(None)) => return,
+            Some(Ok(Some(ack))) => Ok(ack),
+            Some(Err(err)) => Err(err),
+            None => Err(ClientError::new(Code::Unavailable, "room not available")),
         };
-        self.reply(ReplyTo::Conn { conn: req.origin, id: req.id }, Err(err));
+        self.reply(req.reply, answer);
     }
 
     /// Outcomes from the history writer, in seq order per room.
@@ -435,6 +447,7 @@ impl Shard {
 
             match r.outcome {
                 Outcome::Stored => {
+                    crate::metrics::get().ack_seconds.observe(flight.accepted.elapsed().as_secs_f64());
                     room.last_seq = r.seq;
                     if room.recent.len() == cache {
                         room.recent.pop_front();
@@ -446,11 +459,9 @@ impl Shard {
 
                     // Acks first, then the message: both go through the same
                     // FIFO inboxes, so the sender sees them in this order.
-                    for (conn, id) in flight.waiters {
-                        let ack = protocol::ack_posted(id.as_deref(), &r.room, r.seq, flight.ts);
-                        let frame = encode(OpCode::Text, &ack);
-                        let msg = ShardMsg::ToConn { conn: conn.local, frame };
-                        self.shared.send(conn.shard as usize, msg);
+                    for waiter in flight.waiters {
+                        let ack = protocol::ack_posted(waiter.id(), &r.room, r.seq, flight.ts);
+                        self.reply(waiter, Ok(ack));
                     }
                     match &room.dm {
                         Some(pair) => self.fan_out_users(pair, flight.frame, flight.origin),
@@ -467,11 +478,8 @@ impl Shard {
                         room.next_seq = expected;
                     }
                     let err = ClientError::new(Code::Unavailable, "history store unavailable, not stored");
-                    for (conn, id) in flight.waiters {
-                        let json = protocol::error(id.as_deref(), &err);
-                        let frame = encode(OpCode::Text, &json);
-                        let msg = ShardMsg::ToConn { conn: conn.local, frame };
-                        self.shared.send(conn.shard as usize, msg);
+                    for waiter in flight.waiters {
+                        self.reply(waiter, Err(err.clone()));
                     }
                 }
             }
@@ -518,10 +526,7 @@ impl Shard {
                     Some(with) => Target::User(with),
                     None => Target::Room(&req.room),
                 };
-                let id = match &req.reply {
-                    ReplyTo::Conn { id, .. } => id.as_deref(),
-                    ReplyTo::Http(_) => None,
-                };
+                let id = req.reply.id();
                 Ok(protocol::history(id, &target, page.iter().map(|(_, j)| &j[..]), has_more))
             }
             Err(e) => {
@@ -534,10 +539,7 @@ impl Shard {
 
     fn on_presence(&self, room_id: &Arc<str>, reply: ReplyTo) {
         let max_listed = self.shared.config.limits.max_members_listed;
-        let id = match &reply {
-            ReplyTo::Conn { id, .. } => id.as_deref(),
-            ReplyTo::Http(_) => None,
-        };
+        let id = reply.id();
         let json = self
             .ready(room_id, |room| {
                 let users = room.members.values().map(|m| &*m.user).take(max_listed);
@@ -545,6 +547,33 @@ impl Shard {
             })
             .unwrap_or_else(|| protocol::ack_members(id, room_id, std::iter::empty(), None));
         self.reply(reply, Ok(json));
+    }
+
+    fn on_room_info(&self, room_id: &Arc<str>, reply: ReplyTo) {
+        let info = self.ready(room_id, |room| {
+            let members: Vec<serde_json::Value> = room
+                .members
+                .values()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": &*m.user.id,
+                        "name": m.user.name,
+                        "role": m.user.role.as_str(),
+                        "connections": m.conns.len(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "room": &**room_id,
+                "last_seq": room.last_seq,
+                "in_flight": room.inflight.len(),
+                "cached": room.recent.len(),
+                "members": members,
+                "owner_shard": self.id,
+            })
+        });
+        let body = info.map(|v| v.to_string().into_bytes());
+        self.reply(reply, body.ok_or_else(|| ClientError::new(Code::Unavailable, "room not loaded")));
     }
 
     /// Send a frame to every shard with members of the room.
@@ -555,6 +584,7 @@ impl Shard {
                     room: id.clone(),
                     frame: frame.clone(),
                     skip_user: skip.clone(),
+                    at: Instant::now(),
                 };
                 self.shared.send(shard, msg);
             }
@@ -568,9 +598,9 @@ impl Shard {
     ///
     /// This asks every shard, since no shard knows where a user's
     /// connections are; the cost per DM grows with the number of workers.
-    fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: ConnId) {
+    fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: Option<ConnId>) {
         for shard in 0..self.shared.mailboxes.len() {
-            let msg = ShardMsg::DeliverUsers { users: pair.to_vec(), frame: frame.clone(), skip: Some(origin) };
+            let msg = ShardMsg::DeliverUsers { users: pair.to_vec(), frame: frame.clone(), skip: origin };
             self.shared.send(shard, msg);
         }
     }

@@ -244,6 +244,7 @@ impl Writer {
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         self.status.records.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.status.last_batch.store(records.len() as u64, Ordering::Relaxed);
+        crate::metrics::get().history_batch.observe(records.len() as f64);
         let refused = reports.len() as u64;
         self.status.refused.fetch_add(refused, Ordering::Relaxed);
         reports.extend(accepted.iter().map(|p| report(p, Outcome::Stored)));
@@ -286,6 +287,8 @@ impl Writer {
                     return;
                 }
                 Err(e) => {
+                    let backend = self.store.kind();
+                    crate::metrics::get().backend_errors.with_label_values(&[backend]).inc();
                     if self.status.healthy.swap(false, Ordering::Relaxed) {
                         tracing::warn!(store = self.store.kind(), err = %e, "history store failing; retrying");
                     }

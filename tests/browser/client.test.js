@@ -196,6 +196,7 @@ describe('hubbub.js client (Node, ws)', { timeout: 60000 }, () => {
     const dmBefore = next(eve, 'dm', (m) => m.content === 'dm before');
     await finn.dm('demo-eve', 'dm before');
     await dmBefore;
+    await eve.dm('demo-finn', 'my own dm'); // Eve's connection gets only the ack
 
     // Stop the server; hold Eve offline after it comes back.
     eve.hold = gate();
@@ -221,7 +222,7 @@ describe('hubbub.js client (Node, ws)', { timeout: 60000 }, () => {
     await last;
 
     assert.deepEqual(eveRoom, ['before', 'queued while down', 'while eve away', 'after']);
-    assert.deepEqual(eveDms, ['dm before', 'dm while away']);
+    assert.deepEqual(eveDms, ['dm before', 'dm while away'], 'own DMs are not replayed');
     assert.equal(eve.lastSeq('course:restart'), 4);
     assert.ok(states.includes('connecting') && states.at(-1) === 'open');
   });
