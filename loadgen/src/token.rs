@@ -57,16 +57,19 @@ impl Minter {
 
     /// A signed token for user `sub` with display name `name` and `role`.
     pub fn mint(&self, sub: &str, name: &str, role: Role) -> String {
-        let mut claims = serde_json::json!({
-            "sub": sub,
-            "name": name,
-            "role": role.as_str(),
-            "exp": self.exp,
-        });
+        // A BTreeMap keeps the keys sorted whatever serde_json's features are
+        // (a workspace build unifies `preserve_order` in from other crates),
+        // so the same claims always give the same token.
+        let mut claims = std::collections::BTreeMap::new();
+        claims.insert("sub", serde_json::json!(sub));
+        claims.insert("name", serde_json::json!(name));
+        claims.insert("role", serde_json::json!(role.as_str()));
+        claims.insert("exp", serde_json::json!(self.exp));
         if let Some(pattern) = &self.rooms {
-            claims["rooms"] = serde_json::json!([pattern]);
+            claims.insert("rooms", serde_json::json!([pattern]));
         }
-        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let json = serde_json::to_string(&claims).expect("claims serialize");
+        let payload = URL_SAFE_NO_PAD.encode(json);
         let signing_input = format!("{HEADER_B64}.{payload}");
 
         // Cloning the keyed state skips re-hashing the padded key for every token.
