@@ -239,6 +239,8 @@ async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest:
     }
 
     let response = ws::response_101(&upgrade.accept, protocol);
+    // The head and the token are not needed for the connection's life.
+    drop((head, token, upgrade));
     conn::run_chat(shard, stream, user, response, rest).await;
 }
 

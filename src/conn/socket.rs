@@ -24,8 +24,14 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Most frames in one writev: the kernel's IOV_MAX.
 const MAX_IOVECS: usize = 1024;
 
-/// Read buffer growth step. Small, so that an idle connection costs little.
-const READ_CHUNK: usize = 4096;
+/// Smallest free space offered to a read. Chat frames are a few hundred
+/// bytes, and an idle connection keeps its read buffer in the kernel's hands
+/// (io_uring owns it while the read waits), so the buffer starts small and
+/// doubles only when a frame needs it.
+const MIN_READ: usize = 512;
+
+/// A buffer grown past this for a large message is dropped once empty.
+const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Read and decode until the peer goes away or the close handshake ends.
 /// Data messages go to `on_data`; ping, pong and close are handled here.
@@ -72,8 +78,11 @@ pub async fn read_loop<F>(
             buf.clear();
         }
 
-        if buf.capacity() - buf.len() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+            buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(buf.len().max(MIN_READ));
         }
         let len = buf.len();
         let cap = buf.capacity();
