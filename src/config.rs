@@ -346,7 +346,7 @@ pub struct Options {
     pub handshake_timeout: Option<u64>,
 
     /// Seconds given to connections and the history queue to drain on
-    /// SIGTERM [default: 10].
+    /// SIGTERM or SIGINT [default: 10].
     #[arg(long, env = "HUBBUB_SHUTDOWN_GRACE", global = true)]
     pub shutdown_grace: Option<u64>,
 }

@@ -322,12 +322,12 @@ async fn demo_token(shard: &Shard, stream: &mut TcpStream, head: &Head) {
     };
     let name = head.param("name").unwrap_or_default();
     let name: String = name.trim().chars().filter(|c| !c.is_control()).take(40).collect();
-    let slug: String = name
-        .chars()
-        .filter_map(|c| c.is_ascii_alphanumeric().then(|| c.to_ascii_lowercase()))
-        .collect();
+    // The user id keeps letters and digits of any script, lower-cased, so
+    // "Иван" and "José" work; names that differ only in case or punctuation
+    // are the same demo user.
+    let slug: String = name.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect();
     if slug.is_empty() {
-        return respond(stream, 400, "name must contain a letter or digit", "").await;
+        return respond(stream, 400, "the name needs at least one letter or digit", "").await;
     }
     let sub = format!("demo-{slug}");
     let req = auth::MintRequest {

@@ -46,6 +46,8 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => {
+            let mut config = config;
+            hubbub::server::apply_fd_defaults(&mut config);
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
@@ -91,7 +93,11 @@ fn ready(port: u16) -> std::io::Result<bool> {
 
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -37,12 +37,18 @@ pub struct Running {
 }
 
 /// Start everything and return once every worker is listening.
-pub fn start(mut config: Config) -> anyhow::Result<Running> {
+/// Raise the file descriptor limit and derive `--max-connections` from it
+/// when it was not set.
+pub fn apply_fd_defaults(config: &mut Config) {
     let nofile = raise_nofile_limit();
     if config.limits.max_connections == 0 {
         // Leave room for the store, listeners and sockets being accepted.
         config.limits.max_connections = (nofile as usize * 9 / 10).saturating_sub(64).max(1);
     }
+}
+
+pub fn start(mut config: Config) -> anyhow::Result<Running> {
+    apply_fd_defaults(&mut config);
     if let JwtKey::Secret { dev: true, .. } = config.jwt.key {
         tracing::warn!(
             "no --jwt-secret or --jwt-public-key: using the built-in DEVELOPMENT secret; \
@@ -124,6 +130,10 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         max_connections = shared.config.limits.max_connections,
         "listening"
     );
+    if shared.config.demo {
+        let port = addr.port();
+        tracing::info!("demo chat page at http://localhost:{port}/ (development only)");
+    }
     Ok(Running { addr, shared, workers, writers: writer_threads, side })
 }
 
