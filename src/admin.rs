@@ -55,7 +55,11 @@ pub async fn serve(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head, rest: 
 
     let path: Vec<String> = head.path["/admin/".len()..]
         .split('/')
-        .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     match (head.method.as_str(), parts.as_slice()) {
@@ -69,10 +73,19 @@ pub async fn serve(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head, rest: 
         ("POST", ["users", user, "disconnect"]) => {
             let user: Arc<str> = Arc::from(&**user);
             for shard_id in 0..shard.shared.mailboxes.len() {
-                shard.shared.send(shard_id, ShardMsg::Disconnect { user: user.clone() });
+                shard
+                    .shared
+                    .send(shard_id, ShardMsg::Disconnect { user: user.clone() });
             }
             tracing::info!(user = %user, "admin: user disconnected");
-            send(stream, 202, "application/json", br#"{"disconnecting":true}"#, "").await
+            send(
+                stream,
+                202,
+                "application/json",
+                br#"{"disconnecting":true}"#,
+                "",
+            )
+            .await
         }
         ("GET", ["rooms", room]) => {
             if !auth::valid_room_id(room) {
@@ -80,7 +93,10 @@ pub async fn serve(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head, rest: 
             }
             let (tx, rx) = futures_channel::oneshot::channel();
             let room: Arc<str> = Arc::from(&**room);
-            let msg = ShardMsg::RoomInfo { room: room.clone(), reply: ReplyTo::Http(tx) };
+            let msg = ShardMsg::RoomInfo {
+                room: room.clone(),
+                reply: ReplyTo::Http(tx),
+            };
             shard.shared.send(shard.shared.owner(&room), msg);
             answer(stream, rx.await).await
         }
@@ -105,14 +121,26 @@ async fn publish(shard: &Shard, stream: &mut TcpStream, room: &str, body: &[u8])
         Ok(c) => c,
         Err(e) => return respond(stream, 400, &e.message, "").await,
     };
-    if req.id.as_ref().is_some_and(|id| id.len() > crate::protocol::MAX_ID_BYTES) {
+    if req
+        .id
+        .as_ref()
+        .is_some_and(|id| id.len() > crate::protocol::MAX_ID_BYTES)
+    {
         return respond(stream, 400, "id longer than 64 bytes", "").await;
     }
 
     // The sender is the application itself, shown as an admin user.
-    let from = req.from.unwrap_or(From { id: "system".into(), name: Some("System".into()) });
+    let from = req.from.unwrap_or(From {
+        id: "system".into(),
+        name: Some("System".into()),
+    });
     let name = from.name.unwrap_or_else(|| from.id.clone());
-    let user = Arc::new(User { id: Arc::from(from.id), name, role: Role::Admin, rooms: None });
+    let user = Arc::new(User {
+        id: Arc::from(from.id),
+        name,
+        role: Role::Admin,
+        rooms: None,
+    });
 
     let (tx, rx) = futures_channel::oneshot::channel();
     let room: Arc<str> = Arc::from(room);
@@ -125,13 +153,19 @@ async fn publish(shard: &Shard, stream: &mut TcpStream, room: &str, body: &[u8])
         content,
         reply: ReplyTo::Http(tx),
     };
-    shard.shared.send(shard.shared.owner(&room), ShardMsg::Publish(Box::new(publish)));
+    shard.shared.send(
+        shard.shared.owner(&room),
+        ShardMsg::Publish(Box::new(publish)),
+    );
     answer(stream, rx.await).await
 }
 
 async fn answer(
     stream: &mut TcpStream,
-    result: Result<Result<Vec<u8>, crate::protocol::ClientError>, futures_channel::oneshot::Canceled>,
+    result: Result<
+        Result<Vec<u8>, crate::protocol::ClientError>,
+        futures_channel::oneshot::Canceled,
+    >,
 ) {
     match result {
         Ok(Ok(body)) => send(stream, 200, "application/json", &body, "").await,

@@ -161,7 +161,10 @@ impl Admission {
     }
 
     pub fn count(&self, why: Refusal) {
-        crate::metrics::get().refused.with_label_values(&[why.label()]).inc();
+        crate::metrics::get()
+            .refused
+            .with_label_values(&[why.label()])
+            .inc();
         let i = Refusal::ALL.iter().position(|r| *r == why).expect("listed");
         self.refused[i].fetch_add(1, Ordering::Relaxed);
     }
@@ -186,17 +189,22 @@ impl Admission {
             return;
         }
         let me = self.clone();
-        let spawned = std::thread::Builder::new().name("hubbub-memwatch".into()).spawn(move || loop {
-            let over = resident_mb().is_some_and(|mb| mb > limit_mb);
-            if over != me.over_memory.swap(over, Ordering::Relaxed) {
-                if over {
-                    tracing::warn!(limit_mb, "memory limit reached; refusing new connections");
-                } else {
-                    tracing::info!(limit_mb, "memory back under the limit; accepting connections");
+        let spawned = std::thread::Builder::new()
+            .name("hubbub-memwatch".into())
+            .spawn(move || loop {
+                let over = resident_mb().is_some_and(|mb| mb > limit_mb);
+                if over != me.over_memory.swap(over, Ordering::Relaxed) {
+                    if over {
+                        tracing::warn!(limit_mb, "memory limit reached; refusing new connections");
+                    } else {
+                        tracing::info!(
+                            limit_mb,
+                            "memory back under the limit; accepting connections"
+                        );
+                    }
                 }
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        });
+                std::thread::sleep(Duration::from_secs(1));
+            });
         if let Err(e) = spawned {
             tracing::warn!(err = %e, "cannot start the memory watcher; --memory-limit-mb ignored");
         }
@@ -244,6 +252,10 @@ mod tests {
             assert_eq!(a.check_ip(ip), Ok(()));
         }
         assert_eq!(a.check_ip(ip), Err(Refusal::IpRate));
-        assert_eq!(a.check_ip("10.0.0.2".parse().unwrap()), Ok(()), "per address");
+        assert_eq!(
+            a.check_ip("10.0.0.2".parse().unwrap()),
+            Ok(()),
+            "per address"
+        );
     }
 }

@@ -124,9 +124,10 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(cfg: &JwtConfig, policy: RoomPolicy) -> anyhow::Result<Verifier> {
         let (key, alg) = match &cfg.key {
-            JwtKey::Secret { secret, .. } => {
-                (DecodingKey::from_secret(secret.as_bytes())?, Algorithm::HS256)
-            }
+            JwtKey::Secret { secret, .. } => (
+                DecodingKey::from_secret(secret.as_bytes())?,
+                Algorithm::HS256,
+            ),
             JwtKey::PublicPem(pem) => {
                 if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                     (key, Algorithm::RS256)
@@ -150,7 +151,11 @@ impl Verifier {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_owned());
         }
-        Ok(Verifier { key, validation, policy })
+        Ok(Verifier {
+            key,
+            validation,
+            policy,
+        })
     }
 
     /// Check a token and build the user it names.
@@ -162,8 +167,8 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
 
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(classify)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(classify)?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_USER_ID_BYTES {
             return Err(AuthError::MissingClaim);
@@ -176,7 +181,12 @@ impl Verifier {
             Some(_) => return Err(AuthError::BadRole),
         };
         let name = claims.name.unwrap_or_else(|| claims.sub.clone());
-        Ok(User { id: Arc::from(claims.sub), name, role, rooms: claims.rooms })
+        Ok(User {
+            id: Arc::from(claims.sub),
+            name,
+            role,
+            rooms: claims.rooms,
+        })
     }
 
     /// May `user` join (and read the history of) `room`? The room id must
@@ -217,7 +227,9 @@ pub fn valid_room_id(room: &str) -> bool {
     !room.is_empty()
         && room.len() <= MAX_ROOM_BYTES
         && !room.starts_with("dm:")
-        && room.bytes().all(|b| b.is_ascii_alphanumeric() || b":_-.@".contains(&b))
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_-.@".contains(&b))
 }
 
 /// The pair room of a direct conversation: `dm:<a>:<b>` with the ids sorted,
@@ -269,7 +281,11 @@ pub fn mint(secret: &str, req: &MintRequest<'_>) -> anyhow::Result<String> {
         claims["aud"] = aud.into();
     }
     let key = EncodingKey::from_secret(secret.as_bytes())?;
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &key,
+    )?)
 }
 
 #[cfg(test)]
@@ -282,7 +298,10 @@ mod tests {
 
     fn verifier(policy: RoomPolicy) -> Verifier {
         let cfg = JwtConfig {
-            key: JwtKey::Secret { secret: SECRET.into(), dev: false },
+            key: JwtKey::Secret {
+                secret: SECRET.into(),
+                dev: false,
+            },
             issuer: None,
             audience: None,
             leeway_secs: 5,
@@ -296,13 +315,18 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[test]
     fn valid_token_gives_user_with_defaults() {
         let v = verifier(RoomPolicy::Open);
-        let user = v.verify(&token(serde_json::json!({"sub": "u1", "exp": now() + 60}))).unwrap();
+        let user = v
+            .verify(&token(serde_json::json!({"sub": "u1", "exp": now() + 60})))
+            .unwrap();
         assert_eq!(&*user.id, "u1");
         assert_eq!(user.name, "u1");
         assert_eq!(user.role, Role::Student);
@@ -342,7 +366,10 @@ mod tests {
         .unwrap();
         assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
         assert_eq!(v.verify("garbage").unwrap_err(), AuthError::Malformed);
-        assert_eq!(v.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(), AuthError::TooLarge);
+        assert_eq!(
+            v.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(),
+            AuthError::TooLarge
+        );
     }
 
     #[test]
@@ -361,7 +388,10 @@ mod tests {
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
         let cfg = JwtConfig {
-            key: JwtKey::Secret { secret: SECRET.into(), dev: false },
+            key: JwtKey::Secret {
+                secret: SECRET.into(),
+                dev: false,
+            },
             issuer: Some("app".into()),
             audience: Some("chat".into()),
             leeway_secs: 5,
@@ -381,7 +411,12 @@ mod tests {
     fn room_claims_and_policy() {
         let open = verifier(RoomPolicy::Open);
         let claims = verifier(RoomPolicy::Claims);
-        let free = User { id: "u".into(), name: "u".into(), role: Role::Student, rooms: None };
+        let free = User {
+            id: "u".into(),
+            name: "u".into(),
+            role: Role::Student,
+            rooms: None,
+        };
         assert!(open.may_join(&free, "course:1"));
         assert!(!claims.may_join(&free, "course:1"));
 

@@ -62,14 +62,33 @@ pub fn reference() -> String {
         if matches!(long, "help" | "version") {
             continue;
         }
-        let env = arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-        let key = if long == "config" { String::from("-") } else { long.replace('-', "_") };
-        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default().replace('|', "\\|");
-        let values: Vec<String> =
-            arg.get_possible_values().iter().map(|v| format!("`{}`", v.get_name())).collect();
-        let values =
-            if values.is_empty() { String::new() } else { format!(" One of {}.", values.join(", ")) };
-        out.push_str(&format!("| `--{long}` | `{env}` | `{key}` | {help}{values} |\n"));
+        let env = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = if long == "config" {
+            String::from("-")
+        } else {
+            long.replace('-', "_")
+        };
+        let help = arg
+            .get_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+            .replace('|', "\\|");
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect();
+        let values = if values.is_empty() {
+            String::new()
+        } else {
+            format!(" One of {}.", values.join(", "))
+        };
+        out.push_str(&format!(
+            "| `--{long}` | `{env}` | `{key}` | {help}{values} |\n"
+        ));
     }
     out
 }
@@ -171,7 +190,12 @@ pub struct Options {
     pub admin_key: Option<String>,
 
     /// PEM public key (a file path, or the PEM text) for RS256 or ES256 tokens.
-    #[arg(long, env = "HUBBUB_JWT_PUBLIC_KEY", global = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "HUBBUB_JWT_PUBLIC_KEY",
+        global = true,
+        allow_hyphen_values = true
+    )]
     pub jwt_public_key: Option<String>,
 
     /// Required `iss` claim, when set.
@@ -275,7 +299,12 @@ pub struct Options {
     /// comma separated (`https://app.example.com`); `*` allows any. Unset:
     /// any origin with the development secret, none otherwise (requests
     /// without an Origin header, i.e. not from a browser, always pass).
-    #[arg(long, env = "HUBBUB_ALLOWED_ORIGINS", global = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HUBBUB_ALLOWED_ORIGINS",
+        global = true,
+        value_delimiter = ','
+    )]
     pub allowed_origins: Option<Vec<String>>,
 
     /// Seconds without a frame from a client before the server pings it
@@ -501,12 +530,17 @@ impl Options {
             (Some(secret), None) if secret.is_empty() => bail!("--jwt-secret is empty"),
             (Some(secret), None) => JwtKey::Secret { secret, dev: false },
             (None, Some(key)) => JwtKey::PublicPem(read_pem(&key)?),
-            (None, None) => JwtKey::Secret { secret: DEV_SECRET.to_owned(), dev: true },
+            (None, None) => JwtKey::Secret {
+                secret: DEV_SECRET.to_owned(),
+                dev: true,
+            },
         };
         let workers = match o.workers {
             Some(0) => bail!("--workers must be at least 1"),
             Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         };
         let limits = Limits {
             max_message_bytes: o.max_message_bytes.unwrap_or(4096),
@@ -540,7 +574,9 @@ impl Options {
         let allowed_origins = match o.allowed_origins {
             Some(list) if list.iter().any(|o| o.trim() == "*") => Origins::Any,
             Some(list) => Origins::List(
-                list.into_iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
+                list.into_iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .collect(),
             ),
             None if dev => Origins::Any,
             None => Origins::List(Vec::new()),
@@ -582,11 +618,16 @@ impl Options {
             history_batch: o.history_batch.unwrap_or(1024).max(1),
             history_queue: o.history_queue.unwrap_or(65_536).max(1),
             history_batch_age: Duration::from_millis(o.history_batch_age_ms.unwrap_or(0)),
-            history_lanes: o.history_lanes.unwrap_or(if o.mongo_url.is_some() { 4 } else { 1 }).max(1),
+            history_lanes: o
+                .history_lanes
+                .unwrap_or(if o.mongo_url.is_some() { 4 } else { 1 })
+                .max(1),
             mongo: o.mongo_url.map(|url| MongoConfig {
                 url,
                 db: o.mongo_db.unwrap_or_else(|| "hubbub".to_owned()),
-                retention: o.mongo_retention_days.map(|d| Duration::from_secs(d * 86_400)),
+                retention: o
+                    .mongo_retention_days
+                    .map(|d| Duration::from_secs(d * 86_400)),
             }),
             history_max_wait: Duration::from_secs(o.history_max_wait.unwrap_or(10).max(1)),
             handshake_timeout: Duration::from_secs(o.handshake_timeout.unwrap_or(10).max(1)),
@@ -600,14 +641,51 @@ impl Options {
             ($($f:ident),* $(,)?) => { Options { $($f: self.$f.or(lower.$f)),* } };
         }
         pick!(
-            config, listen, data_dir, workers, driver, admin_key, jwt_secret, jwt_public_key, jwt_issuer,
-            jwt_audience, jwt_leeway, room_policy, content_policy, echo_endpoint, demo, log_format,
-            log, max_message_bytes, max_frame_bytes, messages_per_sec, message_burst,
-            max_rooms_per_conn, history_cache, user_messages_per_sec, typing_per_sec,
-            joins_per_sec, history_per_sec, connections_per_ip_per_sec, max_conns_per_user,
-            max_connections, memory_limit_mb, allowed_origins, ping_interval, pong_timeout, history_batch, history_queue,
-            max_outbound_bytes, mongo_url, mongo_db, mongo_retention_days, history_lanes,
-            history_batch_age_ms, history_max_wait, handshake_timeout, shutdown_grace,
+            config,
+            listen,
+            data_dir,
+            workers,
+            driver,
+            admin_key,
+            jwt_secret,
+            jwt_public_key,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway,
+            room_policy,
+            content_policy,
+            echo_endpoint,
+            demo,
+            log_format,
+            log,
+            max_message_bytes,
+            max_frame_bytes,
+            messages_per_sec,
+            message_burst,
+            max_rooms_per_conn,
+            history_cache,
+            user_messages_per_sec,
+            typing_per_sec,
+            joins_per_sec,
+            history_per_sec,
+            connections_per_ip_per_sec,
+            max_conns_per_user,
+            max_connections,
+            memory_limit_mb,
+            allowed_origins,
+            ping_interval,
+            pong_timeout,
+            history_batch,
+            history_queue,
+            max_outbound_bytes,
+            mongo_url,
+            mongo_db,
+            mongo_retention_days,
+            history_lanes,
+            history_batch_age_ms,
+            history_max_wait,
+            handshake_timeout,
+            shutdown_grace,
         )
     }
 }
@@ -644,13 +722,20 @@ mod tests {
     fn flags_beat_file_and_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hubbub.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nworkers = 3\nroom_policy = \"claims\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nworkers = 3\nroom_policy = \"claims\"\n",
+        )
+        .unwrap();
 
         let opts = parse(&["--config", path.to_str().unwrap(), "--workers", "2"]);
         let cfg = opts.resolve().unwrap();
         assert_eq!(cfg.workers, 2, "flag wins over file");
-        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000", "file wins over default");
+        assert_eq!(
+            cfg.listen.to_string(),
+            "127.0.0.1:9000",
+            "file wins over default"
+        );
         assert_eq!(cfg.room_policy, RoomPolicy::Claims);
     }
 
@@ -659,13 +744,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
-        let err = parse(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        let err = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
     }
 
     #[test]
     fn secret_and_key_together_are_refused() {
-        let opts = parse(&["--jwt-secret", "s", "--jwt-public-key", "-----BEGIN PUBLIC KEY-----"]);
+        let opts = parse(&[
+            "--jwt-secret",
+            "s",
+            "--jwt-public-key",
+            "-----BEGIN PUBLIC KEY-----",
+        ]);
         assert!(opts.resolve().is_err());
     }
 
@@ -675,18 +767,32 @@ mod tests {
         assert_eq!(dev.allowed_origins, Origins::Any);
         let prod = parse(&["--jwt-secret", "s"]).resolve().unwrap();
         assert!(!prod.allowed_origins.allows(Some("https://evil.example")));
-        assert!(prod.allowed_origins.allows(None), "non-browser clients send no Origin");
-        let listed = parse(&["--jwt-secret", "s", "--allowed-origins", "https://app.example/,x"])
-            .resolve()
-            .unwrap();
+        assert!(
+            prod.allowed_origins.allows(None),
+            "non-browser clients send no Origin"
+        );
+        let listed = parse(&[
+            "--jwt-secret",
+            "s",
+            "--allowed-origins",
+            "https://app.example/,x",
+        ])
+        .resolve()
+        .unwrap();
         assert!(listed.allowed_origins.allows(Some("https://app.example")));
-        assert!(!listed.allowed_origins.allows(Some("https://app.example.evil")));
+        assert!(!listed
+            .allowed_origins
+            .allows(Some("https://app.example.evil")));
     }
 
     #[test]
     fn the_configuration_reference_matches_the_flags() {
         let doc = include_str!("../docs/configuration.md");
-        assert_eq!(doc, reference(), "run: cargo run -- config-reference > docs/configuration.md");
+        assert_eq!(
+            doc,
+            reference(),
+            "run: cargo run -- config-reference > docs/configuration.md"
+        );
     }
 
     #[test]

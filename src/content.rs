@@ -11,11 +11,7 @@ use crate::config::ContentPolicy;
 use crate::protocol::{ClientError, Code};
 
 /// Clean `raw` for storage and delivery, or say why it cannot be sent.
-pub fn sanitize(
-    raw: &str,
-    policy: ContentPolicy,
-    max_bytes: usize,
-) -> Result<String, ClientError> {
+pub fn sanitize(raw: &str, policy: ContentPolicy, max_bytes: usize) -> Result<String, ClientError> {
     // Refuse before any work when even the raw text is far too long; escaping
     // only grows text, so anything over the limit now stays over it.
     if raw.len() > max_bytes && policy != ContentPolicy::Strip {
@@ -72,22 +68,35 @@ mod tests {
 
     #[test]
     fn escape_policy_neutralises_markup() {
-        let out = sanitize("<script>alert(1)</script> & 'x'", ContentPolicy::Escape, 4096).unwrap();
+        let out = sanitize(
+            "<script>alert(1)</script> & 'x'",
+            ContentPolicy::Escape,
+            4096,
+        )
+        .unwrap();
         assert!(!out.contains('<') && !out.contains('\''), "{out}");
         assert!(out.contains("&lt;script&gt;"));
     }
 
     #[test]
     fn strip_policy_removes_tags_and_keeps_text() {
-        let out = sanitize("<b>bold</b><img src=x onerror=alert(1)>", ContentPolicy::Strip, 4096)
-            .unwrap();
+        let out = sanitize(
+            "<b>bold</b><img src=x onerror=alert(1)>",
+            ContentPolicy::Strip,
+            4096,
+        )
+        .unwrap();
         assert_eq!(out, "bold");
     }
 
     #[test]
     fn controls_are_removed_and_line_endings_normalised() {
-        let out = sanitize("a\r\nb\rc\u{0}\u{7}\u{1b}[31m\td\u{85}", ContentPolicy::None, 4096)
-            .unwrap();
+        let out = sanitize(
+            "a\r\nb\rc\u{0}\u{7}\u{1b}[31m\td\u{85}",
+            ContentPolicy::None,
+            4096,
+        )
+        .unwrap();
         assert_eq!(out, "a\nb\nc[31m\td");
     }
 

@@ -40,7 +40,10 @@ pub struct Head {
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
     }
 
     fn header_str(&self, name: &str) -> Option<&str> {
@@ -50,7 +53,9 @@ impl Head {
     /// A query parameter, percent-decoded.
     pub fn param(&self, name: &str) -> Option<String> {
         let query = self.query.as_deref()?;
-        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 
     /// The bearer token of `Authorization`.
@@ -87,7 +92,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
                 path,
                 query,
                 version: req.version.unwrap_or(0),
-                headers: req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                    .collect(),
             };
             Ok(Some((head, n)))
         }
@@ -127,7 +136,13 @@ pub async fn refuse_early(mut stream: TcpStream, why: Refusal) {
     if let Ok(Err(HeadError::Closed)) = monoio::time::timeout(wait, read_head(&mut stream)).await {
         return;
     }
-    respond(&mut stream, why.status(), why.message(), "Retry-After: 1\r\n").await;
+    respond(
+        &mut stream,
+        why.status(),
+        why.message(),
+        "Retry-After: 1\r\n",
+    )
+    .await;
 }
 
 /// Serve one accepted TCP connection.
@@ -138,7 +153,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         Ok(Err(HeadError::TooLarge)) => {
             return respond(&mut stream, 431, "request header fields too large", "").await;
         }
-        Ok(Err(HeadError::Malformed)) => return respond(&mut stream, 400, "malformed request", "").await,
+        Ok(Err(HeadError::Malformed)) => {
+            return respond(&mut stream, 400, "malformed request", "").await
+        }
         Ok(Err(HeadError::Closed)) => return,
         Err(_) => return respond(&mut stream, 408, "request timeout", "").await,
     };
@@ -172,13 +189,29 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         ("GET", "/hubbub.js") => {
             let js = include_str!("../clients/js/hubbub.js");
-            send(&mut stream, 200, "text/javascript; charset=utf-8", js.as_bytes(), "").await;
+            send(
+                &mut stream,
+                200,
+                "text/javascript; charset=utf-8",
+                js.as_bytes(),
+                "",
+            )
+            .await;
         }
         ("GET", "/") if shard.shared.config.demo => {
             let html = include_str!("demo/index.html");
-            send(&mut stream, 200, "text/html; charset=utf-8", html.as_bytes(), "").await;
+            send(
+                &mut stream,
+                200,
+                "text/html; charset=utf-8",
+                html.as_bytes(),
+                "",
+            )
+            .await;
         }
-        ("GET", "/demo/token") if shard.shared.config.demo => demo_token(&shard, &mut stream, &head).await,
+        ("GET", "/demo/token") if shard.shared.config.demo => {
+            demo_token(&shard, &mut stream, &head).await
+        }
         ("OPTIONS", path) if is_api(path) => preflight(&shard, &mut stream, &head).await,
         (_, "/health" | "/ready") => respond(&mut stream, 405, "method not allowed", "").await,
         _ => respond(&mut stream, 404, "not found", "").await,
@@ -202,7 +235,11 @@ async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest:
             return;
         }
     };
-    if !shared.config.allowed_origins.allows(head.header_str("origin")) {
+    if !shared
+        .config
+        .allowed_origins
+        .allows(head.header_str("origin"))
+    {
         shard.note_refused(Refusal::Origin, "origin not on --allowed-origins");
         return respond(&mut stream, 403, Refusal::Origin.message(), "").await;
     }
@@ -210,15 +247,16 @@ async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest:
     // 2. The token: `?token=`, `Authorization: Bearer`, or the subprotocol
     // pair `bearer, <jwt>` (browsers cannot set headers on a WebSocket).
     let mut protocol = None;
-    let token = head.param("token").or_else(|| head.bearer().map(str::to_owned)).or_else(|| {
-        match upgrade.protocols.as_slice() {
+    let token = head
+        .param("token")
+        .or_else(|| head.bearer().map(str::to_owned))
+        .or_else(|| match upgrade.protocols.as_slice() {
             [scheme, token, ..] if scheme.eq_ignore_ascii_case("bearer") => {
                 protocol = Some("bearer");
                 Some(token.clone())
             }
             _ => None,
-        }
-    });
+        });
     let user = match shared.verifier.verify(token.as_deref().unwrap_or("")) {
         Ok(user) => Arc::new(user),
         Err(err) => {
@@ -234,7 +272,11 @@ async fn upgrade_chat(shard: Rc<Shard>, mut stream: TcpStream, head: Head, rest:
     let open = shared.stats.connections.load(Ordering::Relaxed).max(0) as usize;
     if let Err(why) = shared.admission.admit(&user.id, open) {
         shard.note_refused(why, "");
-        let extra = if why.status() == 429 { "Retry-After: 5\r\n" } else { "" };
+        let extra = if why.status() == 429 {
+            "Retry-After: 5\r\n"
+        } else {
+            ""
+        };
         return respond(&mut stream, why.status(), why.message(), extra).await;
     }
 
@@ -281,7 +323,9 @@ async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
     };
 
     let raw = &head.path["/api/rooms/".len()..head.path.len() - "/messages".len()];
-    let room = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    let room = percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned();
     if !auth::valid_room_id(&room) {
         return respond(stream, 400, "invalid room id", &cors).await;
     }
@@ -301,7 +345,13 @@ async fn api_history(shard: Rc<Shard>, stream: &mut TcpStream, head: &Head) {
 
     let (tx, rx) = futures_channel::oneshot::channel();
     let room: Arc<str> = room.into();
-    let req = HistoryReq { room: room.clone(), with: None, before, limit, reply: ReplyTo::Http(tx) };
+    let req = HistoryReq {
+        room: room.clone(),
+        with: None,
+        before,
+        limit,
+        reply: ReplyTo::Http(tx),
+    };
     shared.send(shared.owner(&room), ShardMsg::History(Box::new(req)));
     match rx.await {
         Ok(Ok(body)) => send(stream, 200, "application/json", &body, &cors).await,
@@ -321,13 +371,28 @@ async fn demo_token(shard: &Shard, stream: &mut TcpStream, head: &Head) {
         return respond(stream, 404, "demo tokens need the development secret", "").await;
     };
     let name = head.param("name").unwrap_or_default();
-    let name: String = name.trim().chars().filter(|c| !c.is_control()).take(40).collect();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(40)
+        .collect();
     // The user id keeps letters and digits of any script, lower-cased, so
     // "Иван" and "José" work; names that differ only in case or punctuation
     // are the same demo user.
-    let slug: String = name.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect();
+    let slug: String = name
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
     if slug.is_empty() {
-        return respond(stream, 400, "the name needs at least one letter or digit", "").await;
+        return respond(
+            stream,
+            400,
+            "the name needs at least one letter or digit",
+            "",
+        )
+        .await;
     }
     let sub = format!("demo-{slug}");
     let req = auth::MintRequest {
@@ -427,10 +492,23 @@ fn error_body(message: &str) -> String {
 pub async fn respond(stream: &mut TcpStream, status: u16, reason: &str, extra: &str) {
     let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
     let extra = format!("{allow}{extra}");
-    send(stream, status, "application/json", error_body(reason).as_bytes(), &extra).await;
+    send(
+        stream,
+        status,
+        "application/json",
+        error_body(reason).as_bytes(),
+        &extra,
+    )
+    .await;
 }
 
-pub async fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8], extra: &str) {
+pub async fn send(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &str,
+) {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n{extra}\r\n",

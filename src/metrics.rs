@@ -57,9 +57,21 @@ impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::new(),
-            connections: gauge("hubbub_connections", "Open WebSocket connections.", &["shard"]),
-            rooms: gauge("hubbub_rooms", "Rooms owned and loaded in memory.", &["shard"]),
-            joins: counter("hubbub_joins_total", "Joins handled by the room owner.", &["shard"]),
+            connections: gauge(
+                "hubbub_connections",
+                "Open WebSocket connections.",
+                &["shard"],
+            ),
+            rooms: gauge(
+                "hubbub_rooms",
+                "Rooms owned and loaded in memory.",
+                &["shard"],
+            ),
+            joins: counter(
+                "hubbub_joins_total",
+                "Joins handled by the room owner.",
+                &["shard"],
+            ),
             messages_in: counter(
                 "hubbub_messages_in_total",
                 "Chat messages and DMs accepted from clients.",

@@ -52,7 +52,11 @@ pub struct ClientError {
 
 impl ClientError {
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> ClientError {
-        ClientError { code, message: message.into(), retry_after_ms: None }
+        ClientError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -66,13 +70,33 @@ pub enum Target<'a> {
 /// A parsed client request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    Join { room: &'a str, since: Option<u64> },
-    Leave { room: &'a str },
-    Message { room: &'a str, content: &'a str },
-    Dm { to: &'a str, content: &'a str },
-    Typing { target: Target<'a>, state: bool },
-    History { target: Target<'a>, before: Option<u64>, limit: usize },
-    Presence { room: &'a str },
+    Join {
+        room: &'a str,
+        since: Option<u64>,
+    },
+    Leave {
+        room: &'a str,
+    },
+    Message {
+        room: &'a str,
+        content: &'a str,
+    },
+    Dm {
+        to: &'a str,
+        content: &'a str,
+    },
+    Typing {
+        target: Target<'a>,
+        state: bool,
+    },
+    History {
+        target: Target<'a>,
+        before: Option<u64>,
+        limit: usize,
+    },
+    Presence {
+        room: &'a str,
+    },
     Ping,
 }
 
@@ -123,13 +147,21 @@ pub fn parse<'a>(
     let id = raw.id;
     let fail = |code, msg: &'static str| (id.map(str::to_owned), ClientError::new(code, msg));
     if id.is_some_and(|id| id.len() > MAX_ID_BYTES) {
-        return Err((None, ClientError::new(Code::BadRequest, "id longer than 64 bytes")));
+        return Err((
+            None,
+            ClientError::new(Code::BadRequest, "id longer than 64 bytes"),
+        ));
     }
 
     let need = |v: Option<&'a str>, msg| v.ok_or_else(|| fail(Code::BadRequest, msg));
     let request = match raw.kind {
-        Some("join") => Request::Join { room: need(raw.room, "missing room")?, since: raw.since },
-        Some("leave") => Request::Leave { room: need(raw.room, "missing room")? },
+        Some("join") => Request::Join {
+            room: need(raw.room, "missing room")?,
+            since: raw.since,
+        },
+        Some("leave") => Request::Leave {
+            room: need(raw.room, "missing room")?,
+        },
         Some("message") => Request::Message {
             room: need(raw.room, "missing room")?,
             content: need(raw.content, "missing content")?,
@@ -144,7 +176,9 @@ pub fn parse<'a>(
                 (None, Some(to)) => Target::User(to),
                 _ => return Err(fail(Code::BadRequest, "typing needs room or to")),
             };
-            let state = raw.state.ok_or_else(|| fail(Code::BadRequest, "missing state"))?;
+            let state = raw
+                .state
+                .ok_or_else(|| fail(Code::BadRequest, "missing state"))?;
             Request::Typing { target, state }
         }
         Some("history") => {
@@ -158,9 +192,15 @@ pub fn parse<'a>(
                 Some(n @ 1..=100) => n as usize,
                 Some(_) => return Err(fail(Code::BadRequest, "limit must be 1..100")),
             };
-            Request::History { target, before: raw.before, limit }
+            Request::History {
+                target,
+                before: raw.before,
+                limit,
+            }
         }
-        Some("presence") => Request::Presence { room: need(raw.room, "missing room")? },
+        Some("presence") => Request::Presence {
+            room: need(raw.room, "missing room")?,
+        },
         Some("ping") => Request::Ping,
         Some(_) => return Err(fail(Code::BadRequest, "unknown type")),
         None => return Err(fail(Code::BadRequest, "missing type")),
@@ -325,7 +365,11 @@ pub fn presence_event(room: &str, user: &User, online: bool) -> Vec<u8> {
     push_str(&mut out, room);
     out.extend_from_slice(b",\"user\":");
     push_user(&mut out, user);
-    out.extend_from_slice(if online { b",\"status\":\"online\"}" } else { b",\"status\":\"offline\"}" });
+    out.extend_from_slice(if online {
+        b",\"status\":\"online\"}"
+    } else {
+        b",\"status\":\"offline\"}"
+    });
     out
 }
 
@@ -345,7 +389,11 @@ pub fn typing(target: &Target<'_>, user: &str, state: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b",\"user\":");
     push_str(&mut out, user);
-    out.extend_from_slice(if state { b",\"state\":true}" } else { b",\"state\":false}" });
+    out.extend_from_slice(if state {
+        b",\"state\":true}"
+    } else {
+        b",\"state\":false}"
+    });
     out
 }
 
@@ -376,7 +424,11 @@ pub fn history<'m>(
         }
         out.extend_from_slice(m);
     }
-    out.extend_from_slice(if has_more { b"],\"has_more\":true}" } else { b"],\"has_more\":false}" });
+    out.extend_from_slice(if has_more {
+        b"],\"has_more\":true}"
+    } else {
+        b"],\"has_more\":false}"
+    });
     out
 }
 
@@ -423,22 +475,44 @@ mod tests {
         let mut b = br#"{"type":"join","room":"r1","since":5,"id":"c1","extra":[1]}"#.to_vec();
         let f = parse(&mut b, &mut scratch).unwrap();
         assert_eq!(f.id, Some("c1"));
-        assert_eq!(f.request, Request::Join { room: "r1", since: Some(5) });
+        assert_eq!(
+            f.request,
+            Request::Join {
+                room: "r1",
+                since: Some(5)
+            }
+        );
 
         let mut b = br#"{"type":"message","room":"r","content":"a\"b\n\u00e9"}"#.to_vec();
         let f = parse(&mut b, &mut scratch).unwrap();
-        assert_eq!(f.request, Request::Message { room: "r", content: "a\"b\n\u{e9}" });
+        assert_eq!(
+            f.request,
+            Request::Message {
+                room: "r",
+                content: "a\"b\n\u{e9}"
+            }
+        );
 
         let mut b = br#"{"type":"history","with":"u2","before":9}"#.to_vec();
         let f = parse(&mut b, &mut scratch).unwrap();
         assert_eq!(
             f.request,
-            Request::History { target: Target::User("u2"), before: Some(9), limit: DEFAULT_PAGE }
+            Request::History {
+                target: Target::User("u2"),
+                before: Some(9),
+                limit: DEFAULT_PAGE
+            }
         );
 
         let mut b = br#"{"type":"typing","to":"u2","state":true}"#.to_vec();
         let f = parse(&mut b, &mut scratch).unwrap();
-        assert_eq!(f.request, Request::Typing { target: Target::User("u2"), state: true });
+        assert_eq!(
+            f.request,
+            Request::Typing {
+                target: Target::User("u2"),
+                state: true
+            }
+        );
     }
 
     #[test]
@@ -451,7 +525,10 @@ mod tests {
         assert_eq!(err.message, "unknown type");
 
         let (id, err) = parse_str(r#"{"type":"message","room":"r","id":"m"}"#).unwrap_err();
-        assert_eq!((id.as_deref(), &*err.message), (Some("m"), "missing content"));
+        assert_eq!(
+            (id.as_deref(), &*err.message),
+            (Some("m"), "missing content")
+        );
 
         let (_, err) = parse_str(r#"{"type":"history","room":"r","limit":0}"#).unwrap_err();
         assert_eq!(err.message, "limit must be 1..100");
@@ -466,16 +543,39 @@ mod tests {
 
     #[test]
     fn server_frames_are_valid_json() {
-        let user = User { id: "u\"1".into(), name: "A<b>".into(), role: Role::Teacher, rooms: None };
+        let user = User {
+            id: "u\"1".into(),
+            name: "A<b>".into(),
+            role: Role::Teacher,
+            rooms: None,
+        };
         let frames = [
-            posted(&Posted::Room("r"), 3, 7, &user, "hi \"there\"\n", Some("c1")),
+            posted(
+                &Posted::Room("r"),
+                3,
+                7,
+                &user,
+                "hi \"there\"\n",
+                Some("c1"),
+            ),
             posted(&Posted::Dm { to: "u2" }, 1, 7, &user, "x", None),
             ack_posted(Some("c1"), "r", 3, 7),
             ack_members(None, "r", [&user, &user].into_iter(), Some(3)),
             presence_event("r", &user, false),
             typing(&Target::Room("r"), "u1", true),
-            history(Some("h"), &Target::Room("r"), [&b"{}"[..], &b"{}"[..]].into_iter(), true),
-            error(Some("e"), &ClientError { retry_after_ms: Some(5), ..ClientError::new(Code::RateLimited, "slow down") }),
+            history(
+                Some("h"),
+                &Target::Room("r"),
+                [&b"{}"[..], &b"{}"[..]].into_iter(),
+                true,
+            ),
+            error(
+                Some("e"),
+                &ClientError {
+                    retry_after_ms: Some(5),
+                    ..ClientError::new(Code::RateLimited, "slow down")
+                },
+            ),
             pong(None),
         ];
         for f in frames {
@@ -483,7 +583,8 @@ mod tests {
             assert!(v["type"].is_string(), "{v}");
         }
         let v: serde_json::Value =
-            serde_json::from_slice(&posted(&Posted::Room("r"), 3, 7, &user, "c", Some("i"))).unwrap();
+            serde_json::from_slice(&posted(&Posted::Room("r"), 3, 7, &user, "c", Some("i")))
+                .unwrap();
         assert_eq!(v["from"]["id"], "u\"1");
         assert_eq!(v["seq"], 3);
         assert_eq!(v["id"], "i");

@@ -15,10 +15,10 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::auth::Verifier;
 use crate::config::{Config, DriverChoice, JwtKey};
+use crate::http;
 use crate::shard::{inbox, Inbox, Shard, ShardMsg, Shared};
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{EmbeddedStore, HistoryStore, MongoStore};
-use crate::http;
 
 /// Accept backlog per worker listener.
 const BACKLOG: i32 = 4096;
@@ -82,7 +82,8 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
             EmbeddedStore::open(&config.data_dir).context("history store (check --data-dir)")?,
         ),
     };
-    let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..config.workers).map(|_| inbox::channel()).unzip();
+    let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
+        (0..config.workers).map(|_| inbox::channel()).unzip();
     let notify = {
         let mailboxes = mailboxes.clone();
         move |owner: usize, reports| mailboxes[owner].send(ShardMsg::Stored(reports))
@@ -134,7 +135,13 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         let port = addr.port();
         tracing::info!("demo chat page at http://localhost:{port}/ (development only)");
     }
-    Ok(Running { addr, shared, workers, writers: writer_threads, side })
+    Ok(Running {
+        addr,
+        shared,
+        workers,
+        writers: writer_threads,
+        side,
+    })
 }
 
 impl Running {
@@ -179,7 +186,13 @@ impl Running {
 
 type Ready = mpsc::Sender<Result<(), String>>;
 
-fn run_worker(id: usize, shared: Arc<Shared>, inbox: Inbox<ShardMsg>, addr: SocketAddr, ready: Ready) {
+fn run_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    inbox: Inbox<ShardMsg>,
+    addr: SocketAddr,
+    ready: Ready,
+) {
     // Pin to one of the CPUs this process may use (a cpuset or systemd
     // CPUAffinity= need not start at CPU 0); a failure costs locality only.
     let cpus = allowed_cpus();
@@ -191,20 +204,26 @@ fn run_worker(id: usize, shared: Arc<Shared>, inbox: Inbox<ShardMsg>, addr: Sock
 
     let choice = shared.config.driver;
     if choice != DriverChoice::Epoll {
-        match RuntimeBuilder::<IoUringDriver>::new().with_entries(RING_ENTRIES).enable_timer().build() {
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
             Ok(mut rt) => {
                 let _ = shared.driver.set("io_uring");
                 return rt.block_on(worker_main(id, shared, inbox, addr, ready));
             }
             Err(e) if choice == DriverChoice::IoUring => {
-                let _ = ready.send(Err(format!("io_uring unavailable (--driver io_uring): {e}")));
+                let _ = ready.send(Err(format!(
+                    "io_uring unavailable (--driver io_uring): {e}"
+                )));
                 return;
             }
             Err(e) => {
                 static WARN: Once = Once::new();
-                WARN.call_once(|| {
-                    tracing::warn!(err = %e, "io_uring refused by the kernel; using epoll")
-                });
+                WARN.call_once(
+                    || tracing::warn!(err = %e, "io_uring refused by the kernel; using epoll"),
+                );
             }
         }
     }
@@ -226,11 +245,16 @@ async fn worker_main(
     addr: SocketAddr,
     ready: Ready,
 ) {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(BACKLOG);
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(BACKLOG);
     let listener = match TcpListener::bind_with_config(addr, &opts) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot listen on {addr} (check --listen): {e}")));
+            let _ = ready.send(Err(format!(
+                "cannot listen on {addr} (check --listen): {e}"
+            )));
             return;
         }
     };
@@ -278,7 +302,8 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
                 // Out of file descriptors: back off instead of spinning, and
                 // log once per burst.
                 if last_emfile.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(shard = shard.id, err = %e, "out of file descriptors; backing off");
+                    let shard = shard.id;
+                    tracing::warn!(shard, err = %e, "out of file descriptors; backing off");
                     last_emfile = Some(Instant::now());
                 }
                 monoio::time::sleep(Duration::from_millis(100)).await;
@@ -296,7 +321,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
     }
 }
 
@@ -313,11 +340,17 @@ fn resolve_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 /// Raise the soft RLIMIT_NOFILE to the hard limit: each connection is a file
 /// descriptor, and distributions default the soft limit to 1024.
 fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 lim.rlim_cur = lim.rlim_max;
             }

@@ -7,10 +7,20 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Limits high enough that the tests, not the rate limiter, set the pace.
-const FAST: &[&str] = &["--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"];
+const FAST: &[&str] = &[
+    "--messages-per-sec",
+    "10000",
+    "--message-burst",
+    "10000",
+    "--user-messages-per-sec",
+    "10000",
+];
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames.iter().map(|f| f["seq"].as_u64().expect("seq")).collect()
+    frames
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 #[tokio::test]
@@ -24,7 +34,10 @@ async fn welcome_describes_user_and_limits() {
     };
     let w: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(w["type"], "welcome");
-    assert_eq!(w["user"], json!({"id": "u1", "name": "Ana", "role": "teacher"}));
+    assert_eq!(
+        w["user"],
+        json!({"id": "u1", "name": "Ana", "role": "teacher"})
+    );
     assert_eq!(w["limits"]["max_message_bytes"], 4096);
     assert_eq!(w["limits"]["messages_per_sec"], 10);
     assert!(w["conn"].is_string() && w["server_time"].is_u64());
@@ -39,7 +52,12 @@ async fn room_messages_reach_every_member_once_with_acks() {
     a.join("course:1").await;
     let ack = b.join("course:1").await;
     assert_eq!(ack["last_seq"], 0);
-    let members: Vec<&str> = ack["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let members: Vec<&str> = ack["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(members.contains(&"ana") && members.contains(&"bo"), "{ack}");
 
     let ack = a.post("course:1", "m1", "hello <b>class</b>").await;
@@ -53,14 +71,28 @@ async fn room_messages_reach_every_member_once_with_acks() {
     assert_eq!(m["ts"], ack["ts"]);
     assert_eq!(m["id"], "m1");
     assert_eq!(m["from"]["id"], "ana");
-    assert_eq!(m["content"], "hello &lt;b&gt;class&lt;&#x2F;b&gt;", "escaped by default");
+    assert_eq!(
+        m["content"], "hello &lt;b&gt;class&lt;&#x2F;b&gt;",
+        "escaped by default"
+    );
 
-    outsider.assert_none_before_pong("message to a non-member", |v| v["type"] == "message").await;
+    outsider
+        .assert_none_before_pong("message to a non-member", |v| v["type"] == "message")
+        .await;
 }
 
 #[tokio::test]
 async fn concurrent_senders_across_workers_share_one_gap_free_order() {
-    let server = Server::start(&["--workers", "4", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
+    let server = Server::start(&[
+        "--workers",
+        "4",
+        "--messages-per-sec",
+        "10000",
+        "--message-burst",
+        "10000",
+        "--user-messages-per-sec",
+        "10000",
+    ]);
     let room = "course:race";
     let mut clients = Vec::new();
     for i in 0..8 {
@@ -73,14 +105,22 @@ async fn concurrent_senders_across_workers_share_one_gap_free_order() {
     let per = 25;
     for (i, c) in clients.iter_mut().enumerate() {
         for k in 0..per {
-            c.send(json!({"type": "message", "room": room, "id": format!("c{i}-{k}"), "content": "x"})).await;
+            c.send(
+                json!({"type": "message", "room": room, "id": format!("c{i}-{k}"), "content": "x"}),
+            )
+            .await;
         }
     }
     let total = per * clients.len();
     let mut orders = Vec::new();
     for c in clients.iter_mut() {
         let frames = c.messages(room, total).await;
-        orders.push(frames.iter().map(|f| (f["seq"].as_u64().unwrap(), f["id"].clone())).collect::<Vec<_>>());
+        orders.push(
+            frames
+                .iter()
+                .map(|f| (f["seq"].as_u64().unwrap(), f["id"].clone()))
+                .collect::<Vec<_>>(),
+        );
     }
     let expected: Vec<u64> = (1..=total as u64).collect();
     for order in &orders {
@@ -108,53 +148,90 @@ async fn resume_with_since_replays_the_gap_without_duplicates() {
     }
 
     let mut b = server.connect("bo").await;
-    b.send(json!({"type": "join", "room": "r", "since": last, "id": "rejoin"})).await;
+    b.send(json!({"type": "join", "room": "r", "since": last, "id": "rejoin"}))
+        .await;
     let ack = b.reply("rejoin").await;
     assert_eq!(ack["last_seq"], 12);
     a.post("r", "p12", "live").await;
     let got = b.messages("r", 8).await;
     assert_eq!(seqs(&got), (6..=13).collect::<Vec<_>>());
-    b.assert_none_before_pong("duplicate", |v| v["type"] == "message").await;
+    b.assert_none_before_pong("duplicate", |v| v["type"] == "message")
+        .await;
 }
 
 #[tokio::test]
 async fn resume_reaches_beyond_the_memory_cache() {
-    let server = Server::start(&["--history-cache", "4", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
+    let server = Server::start(&[
+        "--history-cache",
+        "4",
+        "--messages-per-sec",
+        "10000",
+        "--message-burst",
+        "10000",
+        "--user-messages-per-sec",
+        "10000",
+    ]);
     let mut a = server.connect("ana").await;
     a.join("deep").await;
     for i in 0..20 {
         a.post("deep", &format!("d{i}"), "x").await;
     }
     let mut b = server.connect("bo").await;
-    b.send(json!({"type": "join", "room": "deep", "since": 2, "id": "j"})).await;
+    b.send(json!({"type": "join", "room": "deep", "since": 2, "id": "j"}))
+        .await;
     b.reply("j").await;
-    assert_eq!(seqs(&b.messages("deep", 18).await), (3..=20).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&b.messages("deep", 18).await),
+        (3..=20).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
 async fn history_pages_newest_first_over_ws_and_http() {
-    let server = Server::start(&["--history-cache", "16", "--messages-per-sec", "10000", "--message-burst", "10000", "--user-messages-per-sec", "10000"]);
+    let server = Server::start(&[
+        "--history-cache",
+        "16",
+        "--messages-per-sec",
+        "10000",
+        "--message-burst",
+        "10000",
+        "--user-messages-per-sec",
+        "10000",
+    ]);
     let mut a = server.connect("ana").await;
     a.join("hist").await;
     for i in 1..=120 {
         a.post("hist", &format!("h{i}"), &format!("n{i}")).await;
     }
 
-    a.send(json!({"type": "history", "room": "hist", "id": "q1"})).await;
+    a.send(json!({"type": "history", "room": "hist", "id": "q1"}))
+        .await;
     let page = a.reply("q1").await;
     assert_eq!(page["type"], "history");
-    assert_eq!(seqs(page["messages"].as_array().unwrap()), (71..=120).rev().collect::<Vec<_>>());
+    assert_eq!(
+        seqs(page["messages"].as_array().unwrap()),
+        (71..=120).rev().collect::<Vec<_>>()
+    );
     assert_eq!(page["has_more"], true);
 
-    a.send(json!({"type": "history", "room": "hist", "before": 21, "limit": 100, "id": "q2"})).await;
+    a.send(json!({"type": "history", "room": "hist", "before": 21, "limit": 100, "id": "q2"}))
+        .await;
     let page = a.reply("q2").await;
-    assert_eq!(seqs(page["messages"].as_array().unwrap()), (1..=20).rev().collect::<Vec<_>>());
+    assert_eq!(
+        seqs(page["messages"].as_array().unwrap()),
+        (1..=20).rev().collect::<Vec<_>>()
+    );
     assert_eq!(page["has_more"], false);
     assert_eq!(page["messages"][0]["content"], "n20");
 
     // The REST API returns the same page.
     let t = token("ana", json!({}));
-    let (status, body) = http_get(server.port, "/api/rooms/hist/messages?before=21&limit=100", Some(&t)).unwrap();
+    let (status, body) = http_get(
+        server.port,
+        "/api/rooms/hist/messages?before=21&limit=100",
+        Some(&t),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let http: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(http["messages"], page["messages"]);
@@ -164,7 +241,8 @@ async fn history_pages_newest_first_over_ws_and_http() {
     let limited = token("ana", json!({"rooms": ["other:*"]}));
     let (status, _) = http_get(server.port, "/api/rooms/hist/messages", Some(&limited)).unwrap();
     assert_eq!(status, 403);
-    let (status, _) = http_get(server.port, "/api/rooms/hist/messages?limit=500", Some(&t)).unwrap();
+    let (status, _) =
+        http_get(server.port, "/api/rooms/hist/messages?limit=500", Some(&t)).unwrap();
     assert_eq!(status, 400);
     let (status, body) = http_get(server.port, "/nope", None).unwrap();
     assert_eq!(status, 404);
@@ -193,9 +271,13 @@ async fn restart_keeps_history_and_continues_seq() {
     server.kill();
     server.restart();
     let mut a = server.connect("ana").await;
-    a.send(json!({"type": "history", "room": "keep", "limit": 100, "id": "h"})).await;
+    a.send(json!({"type": "history", "room": "keep", "limit": 100, "id": "h"}))
+        .await;
     let page = a.reply("h").await;
-    assert_eq!(seqs(page["messages"].as_array().unwrap()), (1..=11).rev().collect::<Vec<_>>());
+    assert_eq!(
+        seqs(page["messages"].as_array().unwrap()),
+        (1..=11).rev().collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -215,7 +297,8 @@ async fn resend_with_the_same_id_is_stored_once() {
     a.join("once").await;
     let third = a.post("once", "same", "hello").await;
     assert_eq!(third["seq"], first["seq"]);
-    a.send(json!({"type": "history", "room": "once", "id": "h"})).await;
+    a.send(json!({"type": "history", "room": "once", "id": "h"}))
+        .await;
     let page = a.reply("h").await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
 }
@@ -228,23 +311,39 @@ async fn direct_messages_reach_every_connection_of_both_users() {
     let mut bo = server.connect("bo").await;
     let mut cy = server.connect("cy").await;
 
-    ana1.send(json!({"type": "dm", "to": "bo", "content": "psst", "id": "d1"})).await;
+    ana1.send(json!({"type": "dm", "to": "bo", "content": "psst", "id": "d1"}))
+        .await;
     let ack = ana1.reply("d1").await;
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["seq"], 1);
     for c in [&mut ana2, &mut bo] {
         let dm = c.next_of("dm").await;
-        assert_eq!((dm["from"]["id"].as_str(), dm["to"].as_str(), dm["seq"].as_u64()), (Some("ana"), Some("bo"), Some(1)));
+        assert_eq!(
+            (
+                dm["from"]["id"].as_str(),
+                dm["to"].as_str(),
+                dm["seq"].as_u64()
+            ),
+            (Some("ana"), Some("bo"), Some(1))
+        );
         assert_eq!(dm["content"], "psst");
     }
     // The sending connection has the ack; the DM goes to the sender's
     // *other* connections (PROTOCOL.md).
-    ana1.assert_none_before_pong("the DM echoed to its sender", |v| v["type"] == "dm").await;
-    cy.assert_none_before_pong("someone else's DM", |v| v["type"] == "dm").await;
+    ana1.assert_none_before_pong("the DM echoed to its sender", |v| v["type"] == "dm")
+        .await;
+    cy.assert_none_before_pong("someone else's DM", |v| v["type"] == "dm")
+        .await;
 
-    bo.send(json!({"type": "dm", "to": "ana", "content": "hi back", "id": "d2"})).await;
-    assert_eq!(bo.reply("d2").await["seq"], 2, "one seq per pair, both directions");
-    bo.send(json!({"type": "history", "with": "ana", "id": "h"})).await;
+    bo.send(json!({"type": "dm", "to": "ana", "content": "hi back", "id": "d2"}))
+        .await;
+    assert_eq!(
+        bo.reply("d2").await["seq"],
+        2,
+        "one seq per pair, both directions"
+    );
+    bo.send(json!({"type": "history", "with": "ana", "id": "h"}))
+        .await;
     let page = bo.reply("h").await;
     assert_eq!(page["with"], "ana");
     assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![2, 1]);
@@ -257,16 +356,26 @@ async fn typing_reaches_others_and_is_never_stored() {
     let mut b = server.connect("bo").await;
     a.join("t").await;
     b.join("t").await;
-    a.send(json!({"type": "typing", "room": "t", "state": true})).await;
+    a.send(json!({"type": "typing", "room": "t", "state": true}))
+        .await;
     let ev = b.next_of("typing").await;
-    assert_eq!(ev, json!({"type": "typing", "room": "t", "user": "ana", "state": true}));
-    a.assert_none_before_pong("own typing echoed", |v| v["type"] == "typing").await;
+    assert_eq!(
+        ev,
+        json!({"type": "typing", "room": "t", "user": "ana", "state": true})
+    );
+    a.assert_none_before_pong("own typing echoed", |v| v["type"] == "typing")
+        .await;
 
-    b.send(json!({"type": "typing", "to": "ana", "state": false})).await;
+    b.send(json!({"type": "typing", "to": "ana", "state": false}))
+        .await;
     let ev = a.next_of("typing").await;
-    assert_eq!(ev, json!({"type": "typing", "to": "ana", "user": "bo", "state": false}));
+    assert_eq!(
+        ev,
+        json!({"type": "typing", "to": "ana", "user": "bo", "state": false})
+    );
 
-    a.send(json!({"type": "history", "room": "t", "id": "h"})).await;
+    a.send(json!({"type": "history", "room": "t", "id": "h"}))
+        .await;
     assert_eq!(a.reply("h").await["messages"], json!([]));
 }
 
@@ -278,23 +387,40 @@ async fn presence_events_and_member_lists() {
     let mut b1 = server.connect("bo").await;
     b1.join("p").await;
     let ev = a.next_of("presence").await;
-    assert_eq!((ev["user"]["id"].as_str(), ev["status"].as_str()), (Some("bo"), Some("online")));
+    assert_eq!(
+        (ev["user"]["id"].as_str(), ev["status"].as_str()),
+        (Some("bo"), Some("online"))
+    );
 
     // A second connection of the same user is not a new arrival.
     let mut b2 = server.connect("bo").await;
     b2.join("p").await;
-    a.send(json!({"type": "presence", "room": "p", "id": "who"})).await;
+    a.send(json!({"type": "presence", "room": "p", "id": "who"}))
+        .await;
     let list = a.reply("who").await;
-    let mut ids: Vec<&str> = list["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, vec!["ana", "bo"]);
-    a.assert_none_before_pong("second online event", |v| v["type"] == "presence").await;
+    a.assert_none_before_pong("second online event", |v| v["type"] == "presence")
+        .await;
 
     // Offline only when the user's last connection goes.
     drop(b1);
-    a.assert_none_before_pong("offline while bo has a connection", |v| v["type"] == "presence").await;
-    b2.send(json!({"type": "leave", "room": "p", "id": "bye"})).await;
+    a.assert_none_before_pong("offline while bo has a connection", |v| {
+        v["type"] == "presence"
+    })
+    .await;
+    b2.send(json!({"type": "leave", "room": "p", "id": "bye"}))
+        .await;
     assert_eq!(b2.reply("bye").await["type"], "ack");
     let ev = a.next_of("presence").await;
-    assert_eq!((ev["user"]["id"].as_str(), ev["status"].as_str()), (Some("bo"), Some("offline")));
+    assert_eq!(
+        (ev["user"]["id"].as_str(), ev["status"].as_str()),
+        (Some("bo"), Some("offline"))
+    );
 }

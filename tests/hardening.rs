@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const FAST: [&str; 6] = [
-    "--messages-per-sec", "100000", "--message-burst", "100000", "--user-messages-per-sec", "100000",
+    "--messages-per-sec",
+    "100000",
+    "--message-burst",
+    "100000",
+    "--user-messages-per-sec",
+    "100000",
 ];
 
 fn health(server: &Server) -> Value {
@@ -17,7 +22,9 @@ fn health(server: &Server) -> Value {
 }
 
 async fn upgrade_with_origin(server: &Server, origin: &str) -> u16 {
-    let mut req = format!("{}?token={}", server.url(), token("u", json!({}))).into_client_request().unwrap();
+    let mut req = format!("{}?token={}", server.url(), token("u", json!({})))
+        .into_client_request()
+        .unwrap();
     req.headers_mut().insert("origin", origin.parse().unwrap());
     server.upgrade_request_status(req).await
 }
@@ -35,8 +42,14 @@ fn raw_http(port: u16, request: &str) -> String {
 #[tokio::test]
 async fn origins_are_checked_at_the_upgrade_and_for_the_api() {
     let server = Server::start(&["--allowed-origins", "https://app.example"]);
-    assert_eq!(upgrade_with_origin(&server, "https://evil.example").await, 403);
-    assert_eq!(upgrade_with_origin(&server, "https://app.example").await, 101);
+    assert_eq!(
+        upgrade_with_origin(&server, "https://evil.example").await,
+        403
+    );
+    assert_eq!(
+        upgrade_with_origin(&server, "https://app.example").await,
+        101
+    );
 
     let t = token("u", json!({}));
     let api = |origin: &str, method: &str| {
@@ -50,9 +63,15 @@ async fn origins_are_checked_at_the_upgrade_and_for_the_api() {
     };
     let ok = api("https://app.example", "GET");
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    assert!(ok.contains("Access-Control-Allow-Origin: https://app.example"), "{ok}");
+    assert!(
+        ok.contains("Access-Control-Allow-Origin: https://app.example"),
+        "{ok}"
+    );
     let pre = api("https://app.example", "OPTIONS");
-    assert!(pre.starts_with("HTTP/1.1 204") && pre.contains("Authorization"), "{pre}");
+    assert!(
+        pre.starts_with("HTTP/1.1 204") && pre.contains("Authorization"),
+        "{pre}"
+    );
     assert!(api("https://evil.example", "GET").starts_with("HTTP/1.1 403"));
 }
 
@@ -60,7 +79,10 @@ async fn origins_are_checked_at_the_upgrade_and_for_the_api() {
 async fn without_an_allow_list_a_production_secret_refuses_browsers() {
     // The harness passes a real --jwt-secret, so no origin is allowed.
     let server = Server::start(&[]);
-    assert_eq!(upgrade_with_origin(&server, "https://any.example").await, 403);
+    assert_eq!(
+        upgrade_with_origin(&server, "https://any.example").await,
+        403
+    );
     let _ = server.connect("native-client").await; // no Origin header: allowed
 }
 
@@ -70,7 +92,11 @@ async fn connection_caps_per_user_and_per_process() {
     let _a1 = server.connect("ana").await;
     let _a2 = server.connect("ana").await;
     let url = format!("{}?token={}", server.url(), token("ana", json!({})));
-    assert_eq!(server.upgrade_status(&url).await, 429, "third connection of one user");
+    assert_eq!(
+        server.upgrade_status(&url).await,
+        429,
+        "third connection of one user"
+    );
 
     let _b = server.connect("bo").await;
     let url = format!("{}?token={}", server.url(), token("cy", json!({})));
@@ -90,7 +116,11 @@ async fn new_connections_per_ip_are_rate_limited() {
     // The health poll at start used part of the burst of 5.
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        statuses.push(http_get(server.port, "/health", None).map(|(s, _)| s).unwrap_or(0));
+        statuses.push(
+            http_get(server.port, "/health", None)
+                .map(|(s, _)| s)
+                .unwrap_or(0),
+        );
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
@@ -101,7 +131,8 @@ async fn joins_history_and_typing_have_their_own_budgets() {
     let mut c = server.connect("ana").await;
     let mut limited = 0;
     for i in 0..8 {
-        c.send(json!({"type": "join", "room": format!("r{i}"), "id": format!("j{i}")})).await;
+        c.send(json!({"type": "join", "room": format!("r{i}"), "id": format!("j{i}")}))
+            .await;
         let r = c.reply(&format!("j{i}")).await;
         if r["code"] == "rate_limited" {
             assert!(r["retry_after_ms"].as_u64().unwrap() > 0);
@@ -111,7 +142,8 @@ async fn joins_history_and_typing_have_their_own_budgets() {
     assert_eq!(limited, 3, "burst of 5 joins, then rate_limited");
     let mut limited = 0;
     for i in 0..6 {
-        c.send(json!({"type": "history", "room": "r0", "id": format!("h{i}")})).await;
+        c.send(json!({"type": "history", "room": "r0", "id": format!("h{i}")}))
+            .await;
         if c.reply(&format!("h{i}")).await["code"] == "rate_limited" {
             limited += 1;
         }
@@ -121,7 +153,14 @@ async fn joins_history_and_typing_have_their_own_budgets() {
 
 #[tokio::test]
 async fn per_user_message_rate_spans_connections() {
-    let server = Server::start(&["--messages-per-sec", "1000", "--message-burst", "1000", "--user-messages-per-sec", "1"]);
+    let server = Server::start(&[
+        "--messages-per-sec",
+        "1000",
+        "--message-burst",
+        "1000",
+        "--user-messages-per-sec",
+        "1",
+    ]);
     let mut a1 = server.connect("ana").await;
     let mut a2 = server.connect("ana").await;
     a1.join("r").await;
@@ -130,7 +169,8 @@ async fn per_user_message_rate_spans_connections() {
     a1.post("r", "1", "x").await;
     a1.post("r", "2", "x").await;
     a2.post("r", "3", "x").await;
-    a2.send(json!({"type": "message", "room": "r", "id": "4", "content": "x"})).await;
+    a2.send(json!({"type": "message", "room": "r", "id": "4", "content": "x"}))
+        .await;
     assert_eq!(a2.reply("4").await["code"], "rate_limited");
 }
 
@@ -140,7 +180,8 @@ async fn a_slow_reader_is_cut_off_without_slowing_its_room() {
     args.extend(FAST);
     let server = Server::start(&args);
     let mut slow = RawClient::connect(server.port, &token("slow", json!({})), Some(4096)).await;
-    slow.send_frame(1, br#"{"type":"join","room":"flood","id":"j"}"#).await;
+    slow.send_frame(1, br#"{"type":"join","room":"flood","id":"j"}"#)
+        .await;
     let mut fast = server.connect("fast").await;
     let mut sender = server.connect("sender").await;
     fast.join("flood").await;
@@ -154,7 +195,8 @@ async fn a_slow_reader_is_cut_off_without_slowing_its_room() {
     let content = "y".repeat(4000);
     for chunk in 0..n / 20 {
         for i in chunk * 20..(chunk + 1) * 20 {
-            let frame = json!({"type": "message", "room": "flood", "id": format!("f{i}"), "content": content});
+            let id = format!("f{i}");
+            let frame = json!({"type": "message", "room": "flood", "id": id, "content": content});
             sender.send(frame).await;
         }
         for i in chunk * 20..(chunk + 1) * 20 {
@@ -169,7 +211,12 @@ async fn a_slow_reader_is_cut_off_without_slowing_its_room() {
     // The slow one, once it reads, finds a 1013 close after what it had.
     let frames = slow.read_to_end().await;
     let (op, payload) = frames.last().expect("frames");
-    assert_eq!((*op, close_code(payload)), (8, 1013), "{} frames", frames.len());
+    assert_eq!(
+        (*op, close_code(payload)),
+        (8, 1013),
+        "{} frames",
+        frames.len()
+    );
     assert!(frames.len() < n, "it did not get everything");
     assert_eq!(health(&server)["stats"]["slow_consumers"], 1);
 }
@@ -208,7 +255,8 @@ async fn sigterm_closes_clients_with_1001_and_keeps_every_ack() {
     a.join("drain").await;
     b.join("drain").await;
     for i in 0..200 {
-        a.send(json!({"type": "message", "room": "drain", "id": format!("d{i}"), "content": "x"})).await;
+        a.send(json!({"type": "message", "room": "drain", "id": format!("d{i}"), "content": "x"}))
+            .await;
     }
     let mut acked = 0;
     for i in 0..50 {
@@ -231,7 +279,10 @@ async fn sigterm_closes_clients_with_1001_and_keeps_every_ack() {
     assert!(ack["last_seq"].as_u64().unwrap() >= 50, "{ack}");
 }
 
-#[cfg_attr(not(feature = "fault-injection"), ignore = "needs --features fault-injection")]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
 #[tokio::test]
 async fn a_panicking_connection_does_not_take_down_its_worker() {
     let server = Server::start(&["--workers", "1"]);
@@ -245,7 +296,11 @@ async fn a_panicking_connection_does_not_take_down_its_worker() {
     bystander.post("calm", "after", "still served").await;
     let mut newcomer = server.connect("new").await;
     newcomer.join("calm").await;
-    assert_eq!(health(&server)["connections"], 2, "the panicked connection was unregistered");
+    assert_eq!(
+        health(&server)["connections"],
+        2,
+        "the panicked connection was unregistered"
+    );
 }
 
 #[tokio::test]
@@ -281,10 +336,15 @@ async fn tokens_never_reach_the_log() {
     let mut c = server.connect_token(&t).await;
     c.join("r").await;
     let bad = format!("{}x", t);
-    let _ = server.upgrade_status(&format!("{}?token={bad}", server.url())).await;
+    let _ = server
+        .upgrade_status(&format!("{}?token={bad}", server.url()))
+        .await;
     drop(c);
     let log = server.log();
-    assert!(log.contains("refusing connections"), "the refusal is logged");
+    assert!(
+        log.contains("refusing connections"),
+        "the refusal is logged"
+    );
     let signature = t.rsplit('.').next().unwrap();
     assert!(!log.contains(signature), "a token appeared in the log");
 }
@@ -293,7 +353,10 @@ async fn tokens_never_reach_the_log() {
 async fn rs256_keys_refuse_hs256_tokens_signed_with_the_public_key() {
     let public = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_public.pem");
     let server = Server::start(&["--jwt-public-key", public]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = json!({"sub": "u", "exp": now + 600});
 
     let pem = std::fs::read(public).unwrap();
@@ -306,7 +369,11 @@ async fn rs256_keys_refuse_hs256_tokens_signed_with_the_public_key() {
     let url = |t: &str| format!("{}?token={t}", server.url());
     assert_eq!(server.upgrade_status(&url(&confused)).await, 401);
 
-    let private = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_private.pem")).unwrap();
+    let private = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa_private.pem"
+    ))
+    .unwrap();
     let good = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
         &claims,
@@ -320,13 +387,25 @@ async fn rs256_keys_refuse_hs256_tokens_signed_with_the_public_key() {
 async fn es256_keys_work() {
     let public = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ec_public.pem");
     let server = Server::start(&["--jwt-public-key", public]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let private = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ec_private.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let private = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ec_private.pem"
+    ))
+    .unwrap();
     let good = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
         &json!({"sub": "u", "exp": now + 600}),
         &jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap(),
     )
     .unwrap();
-    assert_eq!(server.upgrade_status(&format!("{}?token={good}", server.url())).await, 101);
+    assert_eq!(
+        server
+            .upgrade_status(&format!("{}?token={good}", server.url()))
+            .await,
+        101
+    );
 }

@@ -13,11 +13,19 @@ use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 
 const FAST: [&str; 6] = [
-    "--messages-per-sec", "100000", "--message-burst", "100000", "--user-messages-per-sec", "100000",
+    "--messages-per-sec",
+    "100000",
+    "--message-burst",
+    "100000",
+    "--user-messages-per-sec",
+    "100000",
 ];
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames.iter().map(|f| f["seq"].as_u64().expect("seq")).collect()
+    frames
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 async fn collection(mongo: &Mongo) -> mongodb::Collection<Document> {
@@ -64,24 +72,44 @@ async fn history_pages_resume_and_restart_go_through_mongodb() {
     }
 
     // Older than the 4 cached messages: from MongoDB.
-    a.send(json!({"type": "history", "room": "course:m", "before": 11, "limit": 5, "id": "old"})).await;
+    a.send(json!({"type": "history", "room": "course:m", "before": 11, "limit": 5, "id": "old"}))
+        .await;
     let page = a.reply("old").await;
-    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![10, 9, 8, 7, 6]);
+    assert_eq!(
+        seqs(page["messages"].as_array().unwrap()),
+        vec![10, 9, 8, 7, 6]
+    );
     assert_eq!(page["messages"][0]["content"], "n10");
 
     // A resume from further back than the cache.
     let mut b = server.connect("bo").await;
-    b.send(json!({"type": "join", "room": "course:m", "since": 3, "id": "j"})).await;
+    b.send(json!({"type": "join", "room": "course:m", "since": 3, "id": "j"}))
+        .await;
     assert_eq!(b.reply("j").await["last_seq"], 30);
-    assert_eq!(seqs(&b.messages("course:m", 27).await), (4..=30).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&b.messages("course:m", 27).await),
+        (4..=30).collect::<Vec<_>>()
+    );
 
     // The documents: one per message, with the frame and the unique index.
     let coll = collection(&mongo).await;
-    assert_eq!(coll.count_documents(doc! {"room": "course:m"}).await.unwrap(), 30);
-    let d = coll.find_one(doc! {"room": "course:m", "seq": 7_i64}).await.unwrap().unwrap();
+    assert_eq!(
+        coll.count_documents(doc! {"room": "course:m"})
+            .await
+            .unwrap(),
+        30
+    );
+    let d = coll
+        .find_one(doc! {"room": "course:m", "seq": 7_i64})
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(d.get_str("content").unwrap(), "n7");
     assert_eq!(d.get_str("cid").unwrap(), "m7");
-    assert_eq!(d.get_document("from").unwrap().get_str("id").unwrap(), "ana");
+    assert_eq!(
+        d.get_document("from").unwrap().get_str("id").unwrap(),
+        "ana"
+    );
     let frame: Value = serde_json::from_str(d.get_str("frame").unwrap()).unwrap();
     assert_eq!(frame["seq"], 7);
     let names: Vec<String> = coll.list_index_names().await.unwrap();
@@ -104,7 +132,14 @@ async fn history_pages_resume_and_restart_go_through_mongodb() {
 async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
     let Some(mongo) = Mongo::start() else { return };
     let url = mongo.url();
-    let mut args = vec!["--mongo-url", &url, "--history-queue", "8", "--history-max-wait", "2"];
+    let mut args = vec![
+        "--mongo-url",
+        &url,
+        "--history-queue",
+        "8",
+        "--history-max-wait",
+        "2",
+    ];
     args.extend(FAST);
     let server = Server::start(&args);
     let room = "course:outage";
@@ -125,7 +160,9 @@ async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
         std::thread::sleep(Duration::from_secs(2));
         mongo.kill();
         common::wait_until("/ready reports the outage", || {
-            http_get(port, "/ready", None).map(|(s, _)| s == 503).unwrap_or(false)
+            http_get(port, "/ready", None)
+                .map(|(s, _)| s == 503)
+                .unwrap_or(false)
         });
         std::thread::sleep(Duration::from_secs(4));
         mongo.restart();
@@ -143,7 +180,8 @@ async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
         for (i, c) in senders.iter_mut().enumerate() {
             for _ in 0..5 {
                 n += 1;
-                let frame = json!({"type": "message", "room": room, "id": format!("x{n}"), "content": format!("c{i}")});
+                let (id, content) = (format!("x{n}"), format!("c{i}"));
+                let frame = json!({"type": "message", "room": room, "id": id, "content": content});
                 c.send(frame).await;
             }
         }
@@ -151,9 +189,14 @@ async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
         for c in senders.iter_mut() {
             for _ in 0..5 {
                 k += 1;
-                let r = c.reply_within(&format!("x{k}"), Duration::from_secs(60)).await;
+                let r = c
+                    .reply_within(&format!("x{k}"), Duration::from_secs(60))
+                    .await;
                 match (r["type"].as_str(), r["code"].as_str()) {
-                    (Some("ack"), _) => assert!(acked.insert(r["seq"].as_u64().unwrap()), "seq acked twice: {r}"),
+                    (Some("ack"), _) => assert!(
+                        acked.insert(r["seq"].as_u64().unwrap()),
+                        "seq acked twice: {r}"
+                    ),
                     (Some("error"), Some("unavailable")) => unavailable += 1,
                     other => panic!("unexpected answer {other:?}: {r}"),
                 }
@@ -161,17 +204,36 @@ async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
         }
     }
     let mongo = outage.join().expect("the outage happened and ended");
-    assert!(unavailable > 0, "a full queue during the outage answers unavailable");
+    assert!(
+        unavailable > 0,
+        "a full queue during the outage answers unavailable"
+    );
     common::wait_until("/ready again after MongoDB returns", || {
-        http_get(server.port, "/ready", None).map(|(s, _)| s == 200).unwrap_or(false)
+        http_get(server.port, "/ready", None)
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
     });
 
     // Acked seqs have no gap, and every one of them is stored exactly once.
     let acked: Vec<u64> = acked.into_iter().collect();
-    assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>(), "gap-free");
-    assert_eq!(all_history(&mut senders[0], room).await, acked, "history holds exactly the acked");
+    assert_eq!(
+        acked,
+        (1..=acked.len() as u64).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    assert_eq!(
+        all_history(&mut senders[0], room).await,
+        acked,
+        "history holds exactly the acked"
+    );
     let coll = collection(&mongo).await;
-    let docs: Vec<Document> = coll.find(doc! {"room": room}).await.unwrap().try_collect().await.unwrap();
+    let docs: Vec<Document> = coll
+        .find(doc! {"room": room})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(docs.len(), acked.len(), "nothing written twice");
 
     // The watcher saw every acked message once, in order, live.

@@ -39,7 +39,12 @@ fn admin(port: u16, method: &str, path: &str, key: &str, body: Option<Value>) ->
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
-    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
 }
 
 #[tokio::test]
@@ -63,7 +68,8 @@ async fn metrics_move_with_traffic() {
         a.post("m", &format!("p{i}"), "x").await;
     }
     b.messages("m", 5).await;
-    a.send(json!({"type": "message", "room": "m", "id": "over", "content": "x"})).await;
+    a.send(json!({"type": "message", "room": "m", "id": "over", "content": "x"}))
+        .await;
     assert_eq!(a.reply("over").await["code"], "rate_limited");
     let url = format!("{}?token=bad", server.url());
     assert_eq!(server.upgrade_status(&url).await, 401);
@@ -71,13 +77,22 @@ async fn metrics_move_with_traffic() {
     let after = scrape(&server);
     assert_eq!(metric(&after, "hubbub_connections"), 2.0);
     assert_eq!(metric(&after, "hubbub_messages_in_total"), 5.0);
-    assert!(metric(&after, "hubbub_messages_out_total") >= 10.0, "both members got 5");
+    assert!(
+        metric(&after, "hubbub_messages_out_total") >= 10.0,
+        "both members got 5"
+    );
     assert!(metric(&after, "hubbub_joins_total") >= 2.0);
     assert!(metric(&after, "hubbub_fanout_seconds_count") >= 5.0);
     assert_eq!(metric(&after, "hubbub_ack_seconds_count"), 5.0);
     assert!(metric(&after, "hubbub_history_batch_size_count") >= 1.0);
-    assert!(after.contains(r#"hubbub_rate_limited_total{limit="messages"} 1"#), "{after}");
-    assert!(after.contains(r#"hubbub_refused_connections_total{reason="auth"} 1"#), "{after}");
+    assert!(
+        after.contains(r#"hubbub_rate_limited_total{limit="messages"} 1"#),
+        "{after}"
+    );
+    assert!(
+        after.contains(r#"hubbub_refused_connections_total{reason="auth"} 1"#),
+        "{after}"
+    );
 }
 
 #[tokio::test]
@@ -86,16 +101,31 @@ async fn the_admin_api_publishes_describes_and_disconnects() {
     let mut a = server.connect("ana").await;
     a.join("course:7").await;
 
-    let (status, _) = admin(server.port, "GET", "/admin/rooms/course:7", "wrong-key-wrong-key", None);
+    let (status, _) = admin(
+        server.port,
+        "GET",
+        "/admin/rooms/course:7",
+        "wrong-key-wrong-key",
+        None,
+    );
     assert_eq!(status, 401);
 
     let body = json!({"content": "Class starts in 5 minutes", "id": "notice-1"});
-    let (status, ack) = admin(server.port, "POST", "/admin/rooms/course:7/messages", KEY, Some(body));
+    let (status, ack) = admin(
+        server.port,
+        "POST",
+        "/admin/rooms/course:7/messages",
+        KEY,
+        Some(body),
+    );
     assert_eq!(status, 200, "{ack}");
     let ack: Value = serde_json::from_str(&ack).unwrap();
     assert_eq!(ack["seq"], 1);
     let m = a.messages("course:7", 1).await.remove(0);
-    assert_eq!(m["from"], json!({"id": "system", "name": "System", "role": "admin"}));
+    assert_eq!(
+        m["from"],
+        json!({"id": "system", "name": "System", "role": "admin"})
+    );
     assert_eq!(m["content"], "Class starts in 5 minutes");
 
     let (status, info) = admin(server.port, "GET", "/admin/rooms/course:7", KEY, None);
@@ -104,7 +134,13 @@ async fn the_admin_api_publishes_describes_and_disconnects() {
     assert_eq!(info["last_seq"], 1);
     assert_eq!(info["members"][0]["id"], "ana");
 
-    let (status, _) = admin(server.port, "POST", "/admin/users/ana/disconnect", KEY, None);
+    let (status, _) = admin(
+        server.port,
+        "POST",
+        "/admin/users/ana/disconnect",
+        KEY,
+        None,
+    );
     assert_eq!(status, 202);
     assert_eq!(a.close_code().await, 4001);
 }

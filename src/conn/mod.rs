@@ -51,21 +51,35 @@ pub async fn run_chat(
     tracing::debug!(conn = %id, user = %user.id, "connected");
 
     let writer = monoio::spawn(socket::write_loop(wr, outbox.clone(), fd));
-    let guard = Registered { shard: shard.clone(), local, user: user.clone(), outbox: outbox.clone() };
+    let guard = Registered {
+        shard: shard.clone(),
+        local,
+        user: user.clone(),
+        outbox: outbox.clone(),
+    };
     let mut chat = Chat {
         shard: shard.clone(),
         id,
         user,
         outbox: outbox.clone(),
         messages: limiter(limits.messages_per_sec, limits.message_burst),
-        typing: limiter(limits.typing_per_sec, limits.typing_per_sec.saturating_mul(2)),
+        typing: limiter(
+            limits.typing_per_sec,
+            limits.typing_per_sec.saturating_mul(2),
+        ),
         joins: limiter(limits.joins_per_sec, limits.joins_per_sec.saturating_mul(5)),
-        reads: limiter(limits.history_per_sec, limits.history_per_sec.saturating_mul(4)),
+        reads: limiter(
+            limits.history_per_sec,
+            limits.history_per_sec.saturating_mul(4),
+        ),
         strikes: 0,
     };
 
     let mut decoder = Decoder::new(limits.max_frame_bytes, limits.max_frame_bytes);
-    socket::read_loop(&mut rd, buf, &mut decoder, &outbox, |msg| chat.on_message(msg)).await;
+    socket::read_loop(&mut rd, buf, &mut decoder, &outbox, |msg| {
+        chat.on_message(msg)
+    })
+    .await;
 
     drop(guard);
     drop(rd);
@@ -199,16 +213,27 @@ impl Chat {
                 if admitted != Some(true) {
                     return Err(ClientError::new(Code::BadRequest, "too many rooms joined"));
                 }
-                let req = JoinReq { room: room.clone(), conn: self.id, user: self.user.clone(), since, id };
+                let req = JoinReq {
+                    room: room.clone(),
+                    conn: self.id,
+                    user: self.user.clone(),
+                    since,
+                    id,
+                };
                 shared.send(shared.owner(&room), ShardMsg::Join(Box::new(req)));
             }
 
             Request::Leave { room } => {
                 let room = self.joined(room)?;
-                self.shard.with_conn(self.id.local, |c| c.rooms.remove(&room));
+                self.shard
+                    .with_conn(self.id.local, |c| c.rooms.remove(&room));
                 self.shard.remove_member(&room, self.id.local);
                 self.send(&protocol::ack_room(frame.id, &room));
-                let msg = ShardMsg::Leave { room: room.clone(), conn: self.id, user: self.user.clone() };
+                let msg = ShardMsg::Leave {
+                    room: room.clone(),
+                    conn: self.id,
+                    user: self.user.clone(),
+                };
                 shared.send(shared.owner(&room), msg);
             }
 
@@ -218,7 +243,10 @@ impl Chat {
                 let content = self.sanitize(content)?;
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 self.shard.metrics.messages_in.inc();
-                let reply = ReplyTo::Conn { conn: self.id, id: id.clone() };
+                let reply = ReplyTo::Conn {
+                    conn: self.id,
+                    id: id.clone(),
+                };
                 let req = PublishReq {
                     room: room.clone(),
                     to: None,
@@ -238,7 +266,10 @@ impl Chat {
                 shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 self.shard.metrics.messages_in.inc();
                 let room: Arc<str> = auth::dm_room(&self.user.id, to).into();
-                let reply = ReplyTo::Conn { conn: self.id, id: id.clone() };
+                let reply = ReplyTo::Conn {
+                    conn: self.id,
+                    id: id.clone(),
+                };
                 let req = PublishReq {
                     room: room.clone(),
                     to: Some(Arc::from(to)),
@@ -253,7 +284,10 @@ impl Chat {
 
             Request::Typing { target, state } => {
                 if self.typing.check().is_err() {
-                    crate::metrics::get().rate_limited.with_label_values(&["typing"]).inc();
+                    crate::metrics::get()
+                        .rate_limited
+                        .with_label_values(&["typing"])
+                        .inc();
                     return Ok(());
                 }
                 let json = protocol::typing(&target, &self.user.id, state);
@@ -261,21 +295,33 @@ impl Chat {
                 match target {
                     Target::Room(room) => {
                         let room = self.joined(room)?;
-                        let msg = ShardMsg::Typing { room: room.clone(), user: self.user.id.clone(), frame };
+                        let msg = ShardMsg::Typing {
+                            room: room.clone(),
+                            user: self.user.id.clone(),
+                            frame,
+                        };
                         shared.send(shared.owner(&room), msg);
                     }
                     Target::User(to) => {
                         check_user_id(to)?;
                         let users = vec![Arc::from(to)];
                         for shard in 0..shared.mailboxes.len() {
-                            let msg = ShardMsg::DeliverUsers { users: users.clone(), frame: frame.clone(), skip: None };
+                            let msg = ShardMsg::DeliverUsers {
+                                users: users.clone(),
+                                frame: frame.clone(),
+                                skip: None,
+                            };
                             shared.send(shard, msg);
                         }
                     }
                 }
             }
 
-            Request::History { target, before, limit } => {
+            Request::History {
+                target,
+                before,
+                limit,
+            } => {
                 self.rate_limit(Budget::Reads)?;
                 let (room, with): (Arc<str>, Option<Box<str>>) = match target {
                     Target::Room(room) => {
@@ -284,11 +330,20 @@ impl Chat {
                     }
                     Target::User(with) => {
                         check_user_id(with)?;
-                        (auth::dm_room(&self.user.id, with).into(), Some(Box::from(with)))
+                        (
+                            auth::dm_room(&self.user.id, with).into(),
+                            Some(Box::from(with)),
+                        )
                     }
                 };
                 let reply = ReplyTo::Conn { conn: self.id, id };
-                let req = HistoryReq { room: room.clone(), with, before, limit, reply };
+                let req = HistoryReq {
+                    room: room.clone(),
+                    with,
+                    before,
+                    limit,
+                    reply,
+                };
                 shared.send(shared.owner(&room), ShardMsg::History(Box::new(req)));
             }
 
@@ -309,7 +364,10 @@ impl Chat {
             return Err(ClientError::new(Code::BadRequest, "invalid room id"));
         }
         if !self.shard.shared.verifier.may_join(&self.user, room) {
-            return Err(ClientError::new(Code::Forbidden, "not allowed in this room"));
+            return Err(ClientError::new(
+                Code::Forbidden,
+                "not allowed in this room",
+            ));
         }
         Ok(())
     }
@@ -341,7 +399,12 @@ impl Chat {
             .err()
             .map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)));
         if wait.is_none() && matches!(budget, Budget::Messages) {
-            wait = self.shard.shared.admission.user_message(&self.user.id).err();
+            wait = self
+                .shard
+                .shared
+                .admission
+                .user_message(&self.user.id)
+                .err();
         }
 
         let Some(wait) = wait else {
@@ -353,7 +416,10 @@ impl Chat {
             Budget::Joins => "joins",
             Budget::Reads => "reads",
         };
-        crate::metrics::get().rate_limited.with_label_values(&[label]).inc();
+        crate::metrics::get()
+            .rate_limited
+            .with_label_values(&[label])
+            .inc();
         self.strikes += 1;
         if self.strikes > FLOOD_STRIKES {
             tracing::info!(conn = %self.id, user = %self.user.id, "flooding client closed");

@@ -116,7 +116,9 @@ impl Outbox {
         if self.state.get() != State::Open {
             return;
         }
-        self.queue.borrow_mut().push_back(ws::encode_close(code, reason));
+        self.queue
+            .borrow_mut()
+            .push_back(ws::encode_close(code, reason));
         self.state.set(State::Closing);
         self.wake();
     }

@@ -50,7 +50,9 @@ pub async fn read_loop<F>(
     loop {
         while !broken {
             match decoder.decode(&mut buf) {
-                Ok(Some(Message::Ping(payload))) => outbox.push_control(ws::encode(OpCode::Pong, &payload)),
+                Ok(Some(Message::Ping(payload))) => {
+                    outbox.push_control(ws::encode(OpCode::Pong, &payload))
+                }
                 Ok(Some(Message::Pong(_))) => {}
                 Ok(Some(Message::Close(frame))) => {
                     // Echo the peer's code (RFC 6455 §5.5.1); 1000 when it
@@ -130,7 +132,11 @@ async fn write_batch(wr: &mut OwnedWriteHalf<TcpStream>, batch: &mut Vec<Bytes>)
             let frame = batch.pop().expect("one frame");
             wr.write_all(frame).await.0
         } else {
-            let rest = if batch.len() > MAX_IOVECS { batch.split_off(MAX_IOVECS) } else { Vec::new() };
+            let rest = if batch.len() > MAX_IOVECS {
+                batch.split_off(MAX_IOVECS)
+            } else {
+                Vec::new()
+            };
             let chunk = std::mem::replace(batch, rest);
             writev_all(wr, IoVecs::new(chunk)).await
         };
@@ -147,7 +153,10 @@ async fn write_batch(wr: &mut OwnedWriteHalf<TcpStream>, batch: &mut Vec<Bytes>)
 /// inside an iovec it shortens that iovec without advancing its base, so the
 /// next write repeats bytes and corrupts the stream (seen here under a slow
 /// reader).
-async fn writev_all(wr: &mut OwnedWriteHalf<TcpStream>, mut bufs: IoVecs) -> std::io::Result<usize> {
+async fn writev_all(
+    wr: &mut OwnedWriteHalf<TcpStream>,
+    mut bufs: IoVecs,
+) -> std::io::Result<usize> {
     let mut total = 0;
     while !bufs.is_empty() {
         let (res, back) = wr.writev(bufs).await;
@@ -178,9 +187,16 @@ impl IoVecs {
     fn new(frames: Vec<Bytes>) -> IoVecs {
         let iovecs = frames
             .iter()
-            .map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() })
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut _,
+                iov_len: f.len(),
+            })
             .collect();
-        IoVecs { _frames: frames, iovecs, start: 0 }
+        IoVecs {
+            _frames: frames,
+            iovecs,
+            start: 0,
+        }
     }
 
     fn is_empty(&self) -> bool {

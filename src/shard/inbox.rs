@@ -22,7 +22,10 @@ pub struct Mailbox<T> {
 
 impl<T> Clone for Mailbox<T> {
     fn clone(&self) -> Self {
-        Mailbox { tx: self.tx.clone(), waker: self.waker.clone() }
+        Mailbox {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
     }
 }
 
@@ -35,7 +38,13 @@ pub struct Inbox<T> {
 pub fn channel<T>() -> (Mailbox<T>, Inbox<T>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let waker = Arc::new(AtomicWaker::new());
-    (Mailbox { tx, waker: waker.clone() }, Inbox { rx, waker })
+    (
+        Mailbox {
+            tx,
+            waker: waker.clone(),
+        },
+        Inbox { rx, waker },
+    )
 }
 
 impl<T> Mailbox<T> {

@@ -17,19 +17,38 @@ impl Shard {
         let local = self.next_conn.get();
         self.next_conn.set(local.wrapping_add(1).max(1));
 
-        self.users.borrow_mut().entry(user.id.clone()).or_default().push(local);
-        let conn = LocalConn { user, outbox, rooms: Default::default() };
+        self.users
+            .borrow_mut()
+            .entry(user.id.clone())
+            .or_default()
+            .push(local);
+        let conn = LocalConn {
+            user,
+            outbox,
+            rooms: Default::default(),
+        };
         self.conns.borrow_mut().insert(local, conn);
-        self.shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.inc();
         local
     }
 
     /// Forget a closed connection and leave its rooms.
     pub fn unregister(&self, local: u32) {
-        let Some(conn) = self.conns.borrow_mut().remove(&local) else { return };
-        self.shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        let Some(conn) = self.conns.borrow_mut().remove(&local) else {
+            return;
+        };
+        self.shared
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
         self.metrics.connections.dec();
 
         let mut users = self.users.borrow_mut();
@@ -45,7 +64,14 @@ impl Shard {
             self.remove_member(&room, local);
             let owner = self.shared.owner(&room);
             let id = self.conn_id(local);
-            self.shared.send(owner, ShardMsg::Leave { room, conn: id, user: conn.user.clone() });
+            self.shared.send(
+                owner,
+                ShardMsg::Leave {
+                    room,
+                    conn: id,
+                    user: conn.user.clone(),
+                },
+            );
         }
     }
 
@@ -67,11 +93,15 @@ impl Shard {
 
     pub(super) fn deliver_room(&self, room: &str, frame: &Bytes, skip_user: Option<&str>) {
         let members = self.members.borrow();
-        let Some(list) = members.get(room) else { return };
+        let Some(list) = members.get(room) else {
+            return;
+        };
         let conns = self.conns.borrow();
         let mut queued = 0;
         for local in list {
-            let Some(conn) = conns.get(local) else { continue };
+            let Some(conn) = conns.get(local) else {
+                continue;
+            };
             if skip_user.is_some_and(|u| *conn.user.id == *u) {
                 continue;
             }
@@ -80,8 +110,15 @@ impl Shard {
         self.metrics.messages_out.inc_by(queued);
     }
 
-    pub(super) fn deliver_users(&self, users: &[Arc<str>], frame: &Bytes, skip: Option<super::ConnId>) {
-        let skip = skip.filter(|c| c.shard as usize == self.id).map(|c| c.local);
+    pub(super) fn deliver_users(
+        &self,
+        users: &[Arc<str>],
+        frame: &Bytes,
+        skip: Option<super::ConnId>,
+    ) {
+        let skip = skip
+            .filter(|c| c.shard as usize == self.id)
+            .map(|c| c.local);
         let by_user = self.users.borrow();
         let conns = self.conns.borrow();
         for (i, user) in users.iter().enumerate() {
@@ -120,7 +157,9 @@ impl Shard {
 
     pub(super) fn on_joined(&self, local: u32, room: Arc<str>, ack: Bytes, backlog: Vec<Bytes>) {
         let conns = self.conns.borrow();
-        let Some(conn) = conns.get(&local) else { return };
+        let Some(conn) = conns.get(&local) else {
+            return;
+        };
         self.push(conn, ack);
 
         // Left (or asked to leave) while the join was on its way: the owner
@@ -146,7 +185,10 @@ impl Shard {
         let was_open = conn.outbox.state() == crate::conn::outbox::State::Open;
         let queued = conn.outbox.push(frame);
         if !queued && was_open {
-            self.shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
             self.metrics.slow_consumers.inc();
             tracing::warn!(user = %conn.user.id, shard = self.id, "slow consumer closed");
         }

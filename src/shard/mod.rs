@@ -108,31 +108,64 @@ pub enum ShardMsg {
     // ---- to a room's owner
     Join(Box<JoinReq>),
     /// `quiet`: the connection closed, so nobody waits for an answer.
-    Leave { room: Arc<str>, conn: ConnId, user: Arc<User> },
+    Leave {
+        room: Arc<str>,
+        conn: ConnId,
+        user: Arc<User>,
+    },
     Publish(Box<PublishReq>),
-    Typing { room: Arc<str>, user: Arc<str>, frame: Bytes },
+    Typing {
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+    },
     History(Box<HistoryReq>),
-    Presence { room: Arc<str>, reply: ReplyTo },
+    Presence {
+        room: Arc<str>,
+        reply: ReplyTo,
+    },
     /// Outcomes of history writes, from the writer thread.
     Stored(Vec<Report>),
 
     // ---- to the shard of a connection
     /// A room frame for every local member, except those of `skip_user`.
     /// `at` is when the owner sent it, for the fan-out latency metric.
-    Deliver { room: Arc<str>, frame: Bytes, skip_user: Option<Arc<str>>, at: std::time::Instant },
+    Deliver {
+        room: Arc<str>,
+        frame: Bytes,
+        skip_user: Option<Arc<str>>,
+        at: std::time::Instant,
+    },
     /// A frame for every local connection of these users (DMs), except
     /// `skip` (the sending connection).
-    DeliverUsers { users: Vec<Arc<str>>, frame: Bytes, skip: Option<ConnId> },
+    DeliverUsers {
+        users: Vec<Arc<str>>,
+        frame: Bytes,
+        skip: Option<ConnId>,
+    },
     /// One frame for one connection (acks, errors, history pages).
-    ToConn { conn: u32, frame: Bytes },
+    ToConn {
+        conn: u32,
+        frame: Bytes,
+    },
     /// The owner accepted a join: send the ack, then the backlog, and start
     /// delivering the room's live messages.
-    Joined { conn: u32, room: Arc<str>, ack: Bytes, backlog: Vec<Bytes> },
+    Joined {
+        conn: u32,
+        room: Arc<str>,
+        ack: Bytes,
+        backlog: Vec<Bytes>,
+    },
 
     /// Close every local connection of a user (admin API), with 4001.
-    Disconnect { user: Arc<str> },
+    Disconnect {
+        user: Arc<str>,
+    },
     /// Room facts for the admin API, from the owner.
-    RoomInfo { room: Arc<str>, reply: ReplyTo },
+    RoomInfo {
+        room: Arc<str>,
+        reply: ReplyTo,
+    },
 
     // ---- lifecycle
     /// Stop accepting, close every connection with 1001, then stop.
@@ -274,7 +307,13 @@ impl Shard {
         let now = std::time::Instant::now();
         if last.is_none_or(|t| now - t >= Duration::from_secs(10)) {
             let reason = why.label();
-            tracing::info!(shard = self.id, refused = count + 1, reason, detail, "refusing connections");
+            tracing::info!(
+                shard = self.id,
+                refused = count + 1,
+                reason,
+                detail,
+                "refusing connections"
+            );
             self.refused.set((0, Some(now)));
         } else {
             self.refused.set((count + 1, last));
@@ -282,7 +321,10 @@ impl Shard {
     }
 
     pub fn conn_id(&self, local: u32) -> ConnId {
-        ConnId { shard: self.id as u16, local }
+        ConnId {
+            shard: self.id as u16,
+            local,
+        }
     }
 
     /// Number of connections on this shard.
@@ -332,15 +374,27 @@ impl Shard {
             ShardMsg::Stored(reports) => self.on_stored(reports),
 
             // Frames for connections on this shard.
-            ShardMsg::Deliver { room, frame, skip_user, at } => {
+            ShardMsg::Deliver {
+                room,
+                frame,
+                skip_user,
+                at,
+            } => {
                 self.deliver_room(&room, &frame, skip_user.as_deref());
-                self.metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
+                self.metrics
+                    .fanout_seconds
+                    .observe(at.elapsed().as_secs_f64());
             }
-            ShardMsg::DeliverUsers { users, frame, skip } => self.deliver_users(&users, &frame, skip),
+            ShardMsg::DeliverUsers { users, frame, skip } => {
+                self.deliver_users(&users, &frame, skip)
+            }
             ShardMsg::ToConn { conn, frame } => self.deliver_conn(conn, frame),
-            ShardMsg::Joined { conn, room, ack, backlog } => {
-                self.on_joined(conn, room, ack, backlog)
-            }
+            ShardMsg::Joined {
+                conn,
+                room,
+                ack,
+                backlog,
+            } => self.on_joined(conn, room, ack, backlog),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -354,7 +408,13 @@ impl Shard {
                     Err(err) => crate::protocol::error(id.as_deref(), &err),
                 };
                 let frame = crate::ws::encode(crate::ws::OpCode::Text, &json);
-                self.shared.send(conn.shard as usize, ShardMsg::ToConn { conn: conn.local, frame });
+                self.shared.send(
+                    conn.shard as usize,
+                    ShardMsg::ToConn {
+                        conn: conn.local,
+                        frame,
+                    },
+                );
             }
             ReplyTo::Http(tx) => {
                 let _ = tx.send(result);
@@ -380,7 +440,8 @@ impl Shard {
         let interval = self.shared.config.ping_interval;
         let timeout = self.shared.config.pong_timeout;
         // Check often enough to honour short settings, at most once a second.
-        let tick = (interval.min(timeout) / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let tick =
+            (interval.min(timeout) / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let ping = crate::ws::encode(crate::ws::OpCode::Ping, b"");
         while !self.stopping.get() {
             monoio::time::sleep(tick).await;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::{frame_payload, now_ms, ConnId, HistoryReq, JoinReq, PublishReq, ReplyTo, Shard};
 use super::ShardMsg;
+use super::{frame_payload, now_ms, ConnId, HistoryReq, JoinReq, PublishReq, ReplyTo, Shard};
 use crate::auth::User;
 use crate::protocol::{self, ClientError, Code, Posted, Target};
 use crate::store::writer::{Outcome, Pending, Report};
@@ -104,7 +104,10 @@ impl Room {
         }
 
         let dm = crate::auth::dm_pair(id).map(|(a, b)| [Arc::from(a), Arc::from(b)]);
-        let recent = page.into_iter().map(|(seq, json)| (seq, encode(OpCode::Text, &json))).collect();
+        let recent = page
+            .into_iter()
+            .map(|(seq, json)| (seq, encode(OpCode::Text, &json)))
+            .collect();
         Room {
             dm,
             next_seq: last_seq + 1,
@@ -128,7 +131,10 @@ impl Room {
 
     /// Committed frames with seq in `(after, upto]`, oldest first.
     fn recent_between(&self, after: u64, upto: u64) -> impl Iterator<Item = &Bytes> {
-        self.recent.iter().filter(move |(s, _)| *s > after && *s <= upto).map(|(_, f)| f)
+        self.recent
+            .iter()
+            .filter(move |(s, _)| *s > after && *s <= upto)
+            .map(|(_, f)| f)
     }
 
     /// Does the cache hold every message after `since`?
@@ -168,7 +174,10 @@ impl Shard {
                 }
                 rooms.insert(room.clone(), Slot::Loading(vec![msg]));
                 drop(rooms);
-                let read = self.shared.store.page(&room, None, self.shared.config.history_cache);
+                let read = self
+                    .shared
+                    .store
+                    .page(&room, None, self.shared.config.history_cache);
                 match read_now(read) {
                     Ok(result) => self.on_loaded(room, result),
                     Err(pending) => {
@@ -197,8 +206,11 @@ impl Shard {
         match result {
             Ok(page) => {
                 let room = Room::from_store(&id, page, self.shared.mailboxes.len());
-                tracing::debug!(room = %id, last_seq = room.last_seq, shard = self.id, "room loaded");
-                self.rooms.borrow_mut().insert(id, Slot::Ready(Box::new(room)));
+                let (last_seq, shard) = (room.last_seq, self.id);
+                tracing::debug!(room = %id, last_seq, shard, "room loaded");
+                self.rooms
+                    .borrow_mut()
+                    .insert(id, Slot::Ready(Box::new(room)));
                 for msg in queued {
                     self.run(msg);
                 }
@@ -231,7 +243,10 @@ impl Shard {
     fn refuse(&self, msg: ShardMsg) {
         let err = ClientError::new(Code::Unavailable, "history store unavailable");
         let reply = match msg {
-            ShardMsg::Join(req) => ReplyTo::Conn { conn: req.conn, id: req.id },
+            ShardMsg::Join(req) => ReplyTo::Conn {
+                conn: req.conn,
+                id: req.id,
+            },
             ShardMsg::Publish(req) => req.reply,
             ShardMsg::History(req) => req.reply,
             ShardMsg::Presence { reply, .. } => reply,
@@ -270,7 +285,11 @@ impl Shard {
             return self.complete_join(req, None);
         }
 
-        let read = self.shared.store.after(&req.room, since.unwrap_or(0), self.shared.config.limits.max_resume);
+        let read = self.shared.store.after(
+            &req.room,
+            since.unwrap_or(0),
+            self.shared.config.limits.max_resume,
+        );
         match read_now(read) {
             Ok(rows) => self.complete_join(req, Some(rows)),
             Err(pending) => {
@@ -308,7 +327,10 @@ impl Shard {
                 let member = room
                     .members
                     .entry(req.user.id.clone())
-                    .or_insert_with(|| Member { user: req.user.clone(), conns: Vec::new() });
+                    .or_insert_with(|| Member {
+                        user: req.user.clone(),
+                        conns: Vec::new(),
+                    });
                 let first = member.conns.is_empty();
                 if !member.conns.contains(&req.conn) {
                     member.conns.push(req.conn);
@@ -322,7 +344,8 @@ impl Shard {
             }
 
             let users = room.members.values().map(|m| &*m.user).take(max_listed);
-            let ack = protocol::ack_members(req.id.as_deref(), &req.room, users, Some(room.last_seq));
+            let ack =
+                protocol::ack_members(req.id.as_deref(), &req.room, users, Some(room.last_seq));
             let ack = encode(OpCode::Text, &ack);
 
             let mut backlog = Vec::new();
@@ -341,7 +364,12 @@ impl Shard {
 
         match answer {
             Some((ack, backlog)) => {
-                let msg = ShardMsg::Joined { conn: req.conn.local, room: req.room, ack, backlog };
+                let msg = ShardMsg::Joined {
+                    conn: req.conn.local,
+                    room: req.room,
+                    ack,
+                    backlog,
+                };
                 self.shared.send(req.conn.shard as usize, msg);
             }
             None => {
@@ -353,9 +381,13 @@ impl Shard {
 
     fn on_leave(&self, room_id: &Arc<str>, conn: ConnId, user: &User) {
         let mut rooms = self.rooms.borrow_mut();
-        let Some(Slot::Ready(room)) = rooms.get_mut(room_id) else { return };
+        let Some(Slot::Ready(room)) = rooms.get_mut(room_id) else {
+            return;
+        };
         room.pending_joins.remove(&conn);
-        let Some(member) = room.members.get_mut(&user.id) else { return };
+        let Some(member) = room.members.get_mut(&user.id) else {
+            return;
+        };
         let before = member.conns.len();
         member.conns.retain(|c| *c != conn);
         if member.conns.len() == before {
@@ -365,7 +397,10 @@ impl Shard {
 
         if member.conns.is_empty() {
             let member = room.members.remove(&user.id).expect("present");
-            let frame = encode(OpCode::Text, &protocol::presence_event(room_id, &member.user, false));
+            let frame = encode(
+                OpCode::Text,
+                &protocol::presence_event(room_id, &member.user, false),
+            );
             self.fan_out_room(room, room_id, frame, None);
         }
     }
@@ -402,17 +437,31 @@ impl Shard {
                 Some(to) => Posted::Dm { to },
                 None => Posted::Room(&req.room),
             };
-            let json = protocol::posted(&posted, seq, ts, &req.user, &req.content, req.id.as_deref());
+            let json =
+                protocol::posted(&posted, seq, ts, &req.user, &req.content, req.id.as_deref());
             let frame = encode(OpCode::Text, &json);
-            let record = Record { room: req.room.clone(), seq, json: frame_payload(&frame) };
-            let pending = Pending { owner: shard, epoch: room.epoch, record, queued: Instant::now() };
+            let record = Record {
+                room: req.room.clone(),
+                seq,
+                json: frame_payload(&frame),
+            };
+            let pending = Pending {
+                owner: shard,
+                epoch: room.epoch,
+                record,
+                queued: Instant::now(),
+            };
             if writer.try_submit(pending).is_err() {
-                return Err(ClientError::new(Code::Unavailable, "history queue full, not stored"));
+                return Err(ClientError::new(
+                    Code::Unavailable,
+                    "history queue full, not stored",
+                ));
             }
             room.next_seq += 1;
 
             if let Some(key) = &key {
-                room.seen.insert(key.clone(), Seen::InFlight(room.epoch, seq));
+                room.seen
+                    .insert(key.clone(), Seen::InFlight(room.epoch, seq));
                 room.seen_order.push_back((Instant::now(), key.clone()));
             }
             let waiters = vec![req.reply.take()];
@@ -442,19 +491,31 @@ impl Shard {
         let cache = self.shared.config.history_cache;
         let mut rooms = self.rooms.borrow_mut();
         for r in reports {
-            let Some(Slot::Ready(room)) = rooms.get_mut(&r.room) else { continue };
-            let Some(flight) = room.inflight.remove(&(r.epoch, r.seq)) else { continue };
+            let Some(Slot::Ready(room)) = rooms.get_mut(&r.room) else {
+                continue;
+            };
+            let Some(flight) = room.inflight.remove(&(r.epoch, r.seq)) else {
+                continue;
+            };
 
             match r.outcome {
                 Outcome::Stored => {
-                    crate::metrics::get().ack_seconds.observe(flight.accepted.elapsed().as_secs_f64());
+                    crate::metrics::get()
+                        .ack_seconds
+                        .observe(flight.accepted.elapsed().as_secs_f64());
                     room.last_seq = r.seq;
                     if room.recent.len() == cache {
                         room.recent.pop_front();
                     }
                     room.recent.push_back((r.seq, flight.frame.clone()));
                     if let Some(key) = flight.seen_key {
-                        room.seen.insert(key, Seen::Done { seq: r.seq, ts: flight.ts });
+                        room.seen.insert(
+                            key,
+                            Seen::Done {
+                                seq: r.seq,
+                                ts: flight.ts,
+                            },
+                        );
                     }
 
                     // Acks first, then the message: both go through the same
@@ -473,11 +534,15 @@ impl Shard {
                         room.seen.remove(&key);
                     }
                     if r.epoch == room.epoch {
-                        tracing::warn!(room = %r.room, seq = r.seq, expected, "history write refused; seq rewound");
+                        let (room_id, seq) = (&r.room, r.seq);
+                        tracing::warn!(room = %room_id, seq, expected, "history write refused");
                         room.epoch += 1;
                         room.next_seq = expected;
                     }
-                    let err = ClientError::new(Code::Unavailable, "history store unavailable, not stored");
+                    let err = ClientError::new(
+                        Code::Unavailable,
+                        "history store unavailable, not stored",
+                    );
                     for waiter in flight.waiters {
                         self.reply(waiter, Err(err.clone()));
                     }
@@ -487,7 +552,9 @@ impl Shard {
     }
 
     fn on_typing(&self, room_id: &Arc<str>, user: Arc<str>, frame: Bytes) {
-        self.ready(room_id, |room| self.fan_out_room(room, room_id, frame, Some(user)));
+        self.ready(room_id, |room| {
+            self.fan_out_room(room, room_id, frame, Some(user))
+        });
     }
 
     fn on_history(self: &Rc<Self>, req: HistoryReq) {
@@ -495,11 +562,20 @@ impl Shard {
         // holds the room's whole history.
         let cached = self.ready(&req.room, |room| {
             let before = req.before.unwrap_or(u64::MAX);
-            let below: Vec<&(u64, Bytes)> =
-                room.recent.iter().rev().filter(|(s, _)| *s < before).take(req.limit).collect();
+            let below: Vec<&(u64, Bytes)> = room
+                .recent
+                .iter()
+                .rev()
+                .filter(|(s, _)| *s < before)
+                .take(req.limit)
+                .collect();
             let complete = room.recent.front().is_none_or(|(s, _)| *s == 1);
-            (below.len() == req.limit || complete)
-                .then(|| below.into_iter().map(|(s, f)| (*s, frame_payload(f))).collect::<Rows>())
+            (below.len() == req.limit || complete).then(|| {
+                below
+                    .into_iter()
+                    .map(|(s, f)| (*s, frame_payload(f)))
+                    .collect::<Rows>()
+            })
         });
         if let Some(Some(page)) = cached {
             return self.answer_history(req, Ok(page));
@@ -527,11 +603,19 @@ impl Shard {
                     None => Target::Room(&req.room),
                 };
                 let id = req.reply.id();
-                Ok(protocol::history(id, &target, page.iter().map(|(_, j)| &j[..]), has_more))
+                Ok(protocol::history(
+                    id,
+                    &target,
+                    page.iter().map(|(_, j)| &j[..]),
+                    has_more,
+                ))
             }
             Err(e) => {
                 tracing::warn!(room = %req.room, err = %e, "history read failed");
-                Err(ClientError::new(Code::Unavailable, "history store unavailable"))
+                Err(ClientError::new(
+                    Code::Unavailable,
+                    "history store unavailable",
+                ))
             }
         };
         self.reply(req.reply, body);
@@ -573,7 +657,10 @@ impl Shard {
             })
         });
         let body = info.map(|v| v.to_string().into_bytes());
-        self.reply(reply, body.ok_or_else(|| ClientError::new(Code::Unavailable, "room not loaded")));
+        self.reply(
+            reply,
+            body.ok_or_else(|| ClientError::new(Code::Unavailable, "room not loaded")),
+        );
     }
 
     /// Send a frame to every shard with members of the room.
@@ -600,7 +687,11 @@ impl Shard {
     /// connections are; the cost per DM grows with the number of workers.
     fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: Option<ConnId>) {
         for shard in 0..self.shared.mailboxes.len() {
-            let msg = ShardMsg::DeliverUsers { users: pair.to_vec(), frame: frame.clone(), skip: origin };
+            let msg = ShardMsg::DeliverUsers {
+                users: pair.to_vec(),
+                frame: frame.clone(),
+                skip: origin,
+            };
             self.shared.send(shard, msg);
         }
     }

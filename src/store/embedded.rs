@@ -38,11 +38,18 @@ impl EmbeddedStore {
     }
 
     /// Newest first, below `before`.
-    pub fn page_now(&self, room: &str, before: Option<u64>, limit: usize) -> Result<Rows, StoreError> {
+    pub fn page_now(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
         let tx = self.db.begin_read().map_err(StoreError::new)?;
         let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
         let end = before.unwrap_or(u64::MAX);
-        let range = table.range((room, 0)..(room, end)).map_err(StoreError::new)?;
+        let range = table
+            .range((room, 0)..(room, end))
+            .map_err(StoreError::new)?;
 
         let mut out = Vec::with_capacity(limit.min(256));
         for entry in range.rev().take(limit) {
@@ -57,7 +64,9 @@ impl EmbeddedStore {
         let tx = self.db.begin_read().map_err(StoreError::new)?;
         let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
         let start = since.saturating_add(1);
-        let range = table.range((room, start)..=(room, u64::MAX)).map_err(StoreError::new)?;
+        let range = table
+            .range((room, start)..=(room, u64::MAX))
+            .map_err(StoreError::new)?;
 
         let mut out = Vec::with_capacity(limit.min(256));
         for entry in range.take(limit) {
@@ -74,7 +83,9 @@ impl HistoryStore for EmbeddedStore {
         {
             let mut table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
             for r in batch {
-                table.insert((&*r.room, r.seq), &r.json[..]).map_err(StoreError::new)?;
+                table
+                    .insert((&*r.room, r.seq), &r.json[..])
+                    .map_err(StoreError::new)?;
             }
         }
         // Durability::Immediate (the default): fsync before returning.
@@ -84,7 +95,9 @@ impl HistoryStore for EmbeddedStore {
     fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(StoreError::new)?;
         let table = tx.open_table(MESSAGES).map_err(StoreError::new)?;
-        let mut range = table.range((room, 0)..=(room, u64::MAX)).map_err(StoreError::new)?;
+        let mut range = table
+            .range((room, 0)..=(room, u64::MAX))
+            .map_err(StoreError::new)?;
         let last = match range.next_back() {
             Some(entry) => entry.map_err(StoreError::new)?.0.value().1,
             None => 0,
@@ -113,14 +126,21 @@ mod tests {
     use std::sync::Arc;
 
     fn rec(room: &str, seq: u64) -> Record {
-        Record { room: Arc::from(room), seq, json: Bytes::from(format!("{{\"seq\":{seq}}}")) }
+        Record {
+            room: Arc::from(room),
+            seq,
+            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        }
     }
 
     #[test]
     fn pages_are_newest_first_and_rooms_do_not_mix() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let batch: Vec<_> = (1..=10).map(|s| rec("a", s)).chain([rec("ab", 1), rec("b", 1)]).collect();
+        let batch: Vec<_> = (1..=10)
+            .map(|s| rec("a", s))
+            .chain([rec("ab", 1), rec("b", 1)])
+            .collect();
         store.append(&batch).unwrap();
 
         assert_eq!(store.last_seq("a").unwrap(), 10);
@@ -143,6 +163,9 @@ mod tests {
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.last_seq("r").unwrap(), 2);
-        assert_eq!(store.page_now("r", None, 10).unwrap()[0].1, Bytes::from("{\"seq\":2}"));
+        assert_eq!(
+            store.page_now("r", None, 10).unwrap()[0].1,
+            Bytes::from("{\"seq\":2}")
+        );
     }
 }

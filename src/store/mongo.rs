@@ -66,13 +66,15 @@ impl MongoStore {
             let mut opts = ClientOptions::parse(url)
                 .await
                 .map_err(|e| StoreError(format!("invalid --mongo-url: {e}")))?;
-            opts.server_selection_timeout.get_or_insert(SELECTION_TIMEOUT);
+            opts.server_selection_timeout
+                .get_or_insert(SELECTION_TIMEOUT);
             opts.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
             opts.app_name.get_or_insert_with(|| "hubbub".to_owned());
             // An ack promises the message survives a crash, so a write must
             // be journaled before it counts. A write concern in the URL
             // (`w=majority`, which journals on replica sets) takes precedence.
-            opts.write_concern.get_or_insert_with(|| WriteConcern::builder().journal(true).build());
+            opts.write_concern
+                .get_or_insert_with(|| WriteConcern::builder().journal(true).build());
             let client = Client::with_options(opts).map_err(StoreError::new)?;
             let database = client.database(db);
             database
@@ -98,9 +100,17 @@ impl MongoStore {
     async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let unique = IndexModel::builder()
             .keys(doc! { "room": 1, "seq": 1 })
-            .options(IndexOptions::builder().unique(true).name("room_seq".to_owned()).build())
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("room_seq".to_owned())
+                    .build(),
+            )
             .build();
-        self.messages.create_index(unique).await.map_err(StoreError::new)?;
+        self.messages
+            .create_index(unique)
+            .await
+            .map_err(StoreError::new)?;
 
         if let Some(keep) = self.retention {
             let ttl = IndexModel::builder()
@@ -112,7 +122,10 @@ impl MongoStore {
                         .build(),
                 )
                 .build();
-            self.messages.create_index(ttl).await.map_err(StoreError::new)?;
+            self.messages
+                .create_index(ttl)
+                .await
+                .map_err(StoreError::new)?;
         }
         Ok(())
     }
@@ -127,7 +140,8 @@ impl MongoStore {
             let _ = tx.send(fut.await);
         });
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(StoreError("side runtime stopped".into())))
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError("side runtime stopped".into())))
         })
     }
 }
@@ -151,7 +165,9 @@ async fn probe(db: mongodb::Database, reachable: Arc<AtomicBool>) {
 fn to_document(r: &Record) -> Document {
     let frame = String::from_utf8_lossy(&r.json).into_owned();
     let v: serde_json::Value = serde_json::from_slice(&r.json).unwrap_or_default();
-    let ts = v["ts"].as_i64().unwrap_or_else(|| DateTime::now().timestamp_millis());
+    let ts = v["ts"]
+        .as_i64()
+        .unwrap_or_else(|| DateTime::now().timestamp_millis());
     let from = &v["from"];
 
     let mut d = doc! {
@@ -198,23 +214,30 @@ impl HistoryStore for MongoStore {
                 self.ensure_indexes().await?;
                 self.recheck_indexes.store(false, Ordering::Relaxed);
             }
-            self.messages.insert_many(docs).ordered(false).await.map_err(|e| {
-                // Duplicates of records stored by an earlier attempt count
-                // as stored; any other failure fails the batch.
-                match &*e.kind {
-                    ErrorKind::InsertMany(failure)
-                        if failure.write_concern_error.is_none()
-                            && failure
-                                .write_errors
-                                .as_ref()
-                                .is_some_and(|errs| errs.iter().all(|w| w.code == DUPLICATE_KEY)) =>
-                    {
-                        None
+            self.messages
+                .insert_many(docs)
+                .ordered(false)
+                .await
+                .map_err(|e| {
+                    // Duplicates of records stored by an earlier attempt count
+                    // as stored; any other failure fails the batch.
+                    match &*e.kind {
+                        ErrorKind::InsertMany(failure)
+                            if failure.write_concern_error.is_none()
+                                && failure.write_errors.as_ref().is_some_and(|errs| {
+                                    errs.iter().all(|w| w.code == DUPLICATE_KEY)
+                                }) =>
+                        {
+                            None
+                        }
+                        ErrorKind::Write(WriteFailure::WriteError(w))
+                            if w.code == DUPLICATE_KEY =>
+                        {
+                            None
+                        }
+                        _ => Some(StoreError::new(e)),
                     }
-                    ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => None,
-                    _ => Some(StoreError::new(e)),
-                }
-            })
+                })
         });
         match result {
             Ok(_) | Err(None) => Ok(()),

@@ -42,7 +42,9 @@ pub enum Outcome {
     Stored,
     /// Certainly not stored; the writer will accept `expected` next for this
     /// room.
-    NotStored { expected: u64 },
+    NotStored {
+        expected: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -153,7 +155,14 @@ where
         lanes.push(tx);
         threads.push(thread);
     }
-    Ok((WriterHandle { lanes, hasher: Default::default(), status }, threads))
+    Ok((
+        WriterHandle {
+            lanes,
+            hasher: Default::default(),
+            status,
+        },
+        threads,
+    ))
 }
 
 struct Writer {
@@ -224,7 +233,12 @@ impl Writer {
         // too long; everything else is certainly not stored.
         for p in batch {
             let Some(expected) = self.expected(&p.record.room) else {
-                reports.push(report(&p, Outcome::NotStored { expected: p.record.seq }));
+                reports.push(report(
+                    &p,
+                    Outcome::NotStored {
+                        expected: p.record.seq,
+                    },
+                ));
                 continue;
             };
             if p.record.seq != expected || p.queued.elapsed() > self.cfg.max_wait {
@@ -235,16 +249,24 @@ impl Writer {
             accepted.push(p);
         }
         if accepted.is_empty() {
-            self.status.refused.fetch_add(reports.len() as u64, Ordering::Relaxed);
+            self.status
+                .refused
+                .fetch_add(reports.len() as u64, Ordering::Relaxed);
             return reports;
         }
 
         let records: Vec<Record> = accepted.iter().map(|p| p.record.clone()).collect();
         self.append_until_stored(&records, rx, &mut reports, stopping);
         self.status.batches.fetch_add(1, Ordering::Relaxed);
-        self.status.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.status.last_batch.store(records.len() as u64, Ordering::Relaxed);
-        crate::metrics::get().history_batch.observe(records.len() as f64);
+        self.status
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.status
+            .last_batch
+            .store(records.len() as u64, Ordering::Relaxed);
+        crate::metrics::get()
+            .history_batch
+            .observe(records.len() as f64);
         let refused = reports.len() as u64;
         self.status.refused.fetch_add(refused, Ordering::Relaxed);
         reports.extend(accepted.iter().map(|p| report(p, Outcome::Stored)));
@@ -288,9 +310,13 @@ impl Writer {
                 }
                 Err(e) => {
                     let backend = self.store.kind();
-                    crate::metrics::get().backend_errors.with_label_values(&[backend]).inc();
+                    crate::metrics::get()
+                        .backend_errors
+                        .with_label_values(&[backend])
+                        .inc();
                     if self.status.healthy.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(store = self.store.kind(), err = %e, "history store failing; retrying");
+                        let store = self.store.kind();
+                        tracing::warn!(store, err = %e, "history store failing; retrying");
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
@@ -302,7 +328,12 @@ impl Writer {
 
     /// Take expired records off the head of the queue (FIFO: the oldest are
     /// first). The first one not expired is kept to start the next batch.
-    fn expire_queued(&mut self, rx: &Receiver<Msg>, out: &mut Vec<(usize, Report)>, stopping: &mut bool) {
+    fn expire_queued(
+        &mut self,
+        rx: &Receiver<Msg>,
+        out: &mut Vec<(usize, Report)>,
+        stopping: &mut bool,
+    ) {
         if self.carry.is_some() {
             return;
         }
@@ -320,14 +351,23 @@ impl Writer {
             }
             // Never sent: certainly not stored. Its room's expected seq is
             // unchanged by it.
-            let expected = self.next.get(&p.record.room).copied().unwrap_or(p.record.seq);
+            let expected = self
+                .next
+                .get(&p.record.room)
+                .copied()
+                .unwrap_or(p.record.seq);
             out.push(report(&p, Outcome::NotStored { expected }));
         }
     }
 }
 
 fn report(p: &Pending, outcome: Outcome) -> (usize, Report) {
-    let r = Report { room: p.record.room.clone(), seq: p.record.seq, epoch: p.epoch, outcome };
+    let r = Report {
+        room: p.record.room.clone(),
+        seq: p.record.seq,
+        epoch: p.epoch,
+        outcome,
+    };
     (p.owner, r)
 }
 
@@ -358,7 +398,12 @@ mod tests {
         }
         fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
             let rows = self.rows.lock().unwrap();
-            Ok(rows.iter().filter(|(r, _)| r == room).map(|(_, s)| *s).max().unwrap_or(0))
+            Ok(rows
+                .iter()
+                .filter(|(r, _)| r == room)
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0))
         }
         fn page(&self, _: &str, _: Option<u64>, _: usize) -> crate::store::ReadFuture {
             Box::pin(std::future::ready(Ok(vec![])))
@@ -372,8 +417,17 @@ mod tests {
     }
 
     fn pending(room: &str, seq: u64, epoch: u32) -> Pending {
-        let record = Record { room: room.into(), seq, json: Bytes::new() };
-        Pending { owner: 0, epoch, record, queued: Instant::now() }
+        let record = Record {
+            room: room.into(),
+            seq,
+            json: Bytes::new(),
+        };
+        Pending {
+            owner: 0,
+            epoch,
+            record,
+            queued: Instant::now(),
+        }
     }
 
     fn cfg() -> WriterConfig {
@@ -387,7 +441,13 @@ mod tests {
     }
 
     fn writer(store: Arc<Flaky>) -> Writer {
-        Writer { store, cfg: cfg(), status: Arc::default(), next: HashMap::new(), carry: None }
+        Writer {
+            store,
+            cfg: cfg(),
+            status: Arc::default(),
+            next: HashMap::new(),
+            carry: None,
+        }
     }
 
     #[test]
@@ -428,12 +488,26 @@ mod tests {
         let out = w.commit(vec![pending("r", 1, 0)], &rx, &mut false);
         healer.join().unwrap();
 
-        let stored: Vec<_> = out.iter().filter(|(_, r)| r.outcome == Outcome::Stored).collect();
+        let stored: Vec<_> = out
+            .iter()
+            .filter(|(_, r)| r.outcome == Outcome::Stored)
+            .collect();
         assert_eq!(stored.len(), 1, "the sent batch is never given up");
-        let refused: Vec<_> = out.iter().filter(|(_, r)| r.room.as_ref() == "other").collect();
-        assert_eq!(refused.len(), 1, "only the expired queued record is refused");
+        let refused: Vec<_> = out
+            .iter()
+            .filter(|(_, r)| r.room.as_ref() == "other")
+            .collect();
+        assert_eq!(
+            refused.len(),
+            1,
+            "only the expired queued record is refused"
+        );
         assert_eq!(refused[0].1.outcome, Outcome::NotStored { expected: 1 });
-        assert_eq!(w.carry.as_ref().map(|p| p.record.seq), Some(2), "the fresh one is kept");
+        assert_eq!(
+            w.carry.as_ref().map(|p| p.record.seq),
+            Some(2),
+            "the fresh one is kept"
+        );
     }
 
     #[test]
@@ -441,9 +515,17 @@ mod tests {
         let store = Arc::new(Flaky::default());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let cfg = WriterConfig { max_batch: 4, lanes: 3, ..cfg() };
+        let cfg = WriterConfig {
+            max_batch: 4,
+            lanes: 3,
+            ..cfg()
+        };
         let (handle, threads) = spawn(store.clone(), cfg, move |owner, reports| {
-            sink.lock().unwrap().extend(reports.into_iter().map(|r| (owner, r.room, r.seq, r.outcome)));
+            sink.lock().unwrap().extend(
+                reports
+                    .into_iter()
+                    .map(|r| (owner, r.room, r.seq, r.outcome)),
+            );
         })
         .unwrap();
         for room in ["a", "b", "c", "d"] {
@@ -458,7 +540,9 @@ mod tests {
 
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 40);
-        assert!(seen.iter().all(|(o, _, _, out)| *o == 0 && *out == Outcome::Stored));
+        assert!(seen
+            .iter()
+            .all(|(o, _, _, out)| *o == 0 && *out == Outcome::Stored));
         for room in ["a", "b", "c", "d"] {
             let seqs: Vec<u64> = seen.iter().filter(|r| &*r.1 == room).map(|r| r.2).collect();
             assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "in order per room");

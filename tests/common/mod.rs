@@ -65,7 +65,8 @@ impl Server {
 
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged")).unwrap_or_default()
+        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged"))
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> i32 {
@@ -81,20 +82,31 @@ impl Server {
             .args(&self.args)
             .stdin(Stdio::null());
         if !self.args.iter().any(|a| a == "--log") {
-            cmd.arg("--log").arg(std::env::var("HUBBUB_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+            cmd.arg("--log")
+                .arg(std::env::var("HUBBUB_TEST_LOG").unwrap_or_else(|_| "warn".into()));
         }
-        if !self.args.iter().any(|a| a == "--jwt-secret" || a == "--jwt-public-key") {
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--jwt-secret" || a == "--jwt-public-key")
+        {
             cmd.arg("--jwt-secret").arg(SECRET);
         }
         if let Some(path) = &self.log {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
             cmd.stderr(file);
         }
         if let Ok(driver) = std::env::var("HUBBUB_TEST_DRIVER") {
             cmd.arg("--driver").arg(driver);
         }
         self.child = Some(cmd.spawn().expect("spawn hubbub"));
-        wait_until("server answers /health", || http_get(self.port, "/health", None).is_ok());
+        wait_until("server answers /health", || {
+            http_get(self.port, "/health", None).is_ok()
+        });
     }
 
     /// SIGTERM, wait for a clean exit, and return the exit status.
@@ -135,7 +147,10 @@ impl Server {
             .await
             .expect("connect timed out")
             .expect("connect");
-        let mut client = Client { ws, frames: Vec::new() };
+        let mut client = Client {
+            ws,
+            frames: Vec::new(),
+        };
         let welcome = client.next_of("welcome").await;
         assert_eq!(welcome["type"], "welcome");
         client
@@ -170,7 +185,10 @@ impl Drop for Server {
 
 /// A token for `sub`, with extra claims merged in.
 pub fn token(sub: &str, extra: Value) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut claims = json!({"sub": sub, "exp": now + 3600, "name": format!("User {sub}")});
     if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
@@ -193,7 +211,10 @@ pub struct Client {
 
 impl Client {
     pub async fn send(&mut self, frame: Value) {
-        self.ws.send(Message::text(frame.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
@@ -207,7 +228,12 @@ impl Client {
     }
 
     /// [`Client::next_where`] with its own deadline.
-    pub async fn next_within(&mut self, what: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn next_within(
+        &mut self,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(i) = self.frames.iter().position(&pred) {
             return self.frames.remove(i);
         }
@@ -218,7 +244,10 @@ impl Client {
                 .await
                 .unwrap_or_else(|_| {
                     let tail = &self.frames[self.frames.len().saturating_sub(3)..];
-                    panic!("timed out waiting for {what}; {} buffered, last: {tail:?}", self.frames.len())
+                    panic!(
+                        "timed out waiting for {what}; {} buffered, last: {tail:?}",
+                        self.frames.len()
+                    )
                 });
             match msg {
                 Some(Ok(Message::Text(t))) => {
@@ -238,7 +267,8 @@ impl Client {
 
     pub async fn next_of(&mut self, kind: &str) -> Value {
         let kind_owned = kind.to_owned();
-        self.next_where(kind, move |v| v["type"] == kind_owned.as_str()).await
+        self.next_where(kind, move |v| v["type"] == kind_owned.as_str())
+            .await
     }
 
     /// The answer (ack, error, history or pong) to the request with `id`.
@@ -256,7 +286,8 @@ impl Client {
 
     pub async fn join(&mut self, room: &str) -> Value {
         let id = format!("join-{room}");
-        self.send(json!({"type": "join", "room": room, "id": id})).await;
+        self.send(json!({"type": "join", "room": room, "id": id}))
+            .await;
         let ack = self.reply(&id).await;
         assert_eq!(ack["type"], "ack", "join {room}: {ack}");
         ack
@@ -264,7 +295,8 @@ impl Client {
 
     /// Post and wait for the ack; returns it.
     pub async fn post(&mut self, room: &str, id: &str, content: &str) -> Value {
-        self.send(json!({"type": "message", "room": room, "id": id, "content": content})).await;
+        self.send(json!({"type": "message", "room": room, "id": id, "content": content}))
+            .await;
         let ack = self.reply(id).await;
         assert_eq!(ack["type"], "ack", "post {id}: {ack}");
         ack
@@ -275,7 +307,12 @@ impl Client {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let r = room.to_owned();
-            out.push(self.next_where("room message", move |v| v["type"] == "message" && v["room"] == r.as_str()).await);
+            out.push(
+                self.next_where("room message", move |v| {
+                    v["type"] == "message" && v["room"] == r.as_str()
+                })
+                .await,
+            );
         }
         out
     }
@@ -297,7 +334,10 @@ impl Client {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.ws.next()).await.expect("timed out waiting for close") {
+            match tokio::time::timeout(left, self.ws.next())
+                .await
+                .expect("timed out waiting for close")
+            {
                 Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
                 Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
                 Some(Ok(_)) => {}
@@ -310,11 +350,19 @@ impl Client {
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `cond` every 20 ms until it holds; fail after [`WAIT`].
@@ -331,12 +379,20 @@ pub fn http_get(port: u16, path: &str, bearer: Option<&str>) -> std::io::Result<
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(WAIT))?;
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -368,14 +424,21 @@ impl RawClient {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
-            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "closed during upgrade");
             buf.extend_from_slice(&chunk[..n]);
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
         };
-        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
         let rest = buf.split_off(end);
         RawClient { stream, buf: rest }
     }
@@ -420,7 +483,10 @@ impl RawClient {
         let mut chunk = vec![0u8; 65536];
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some((_, p)) = parse_frames(&self.buf).into_iter().find(|(op, _)| *op == opcode) {
+            if let Some((_, p)) = parse_frames(&self.buf)
+                .into_iter()
+                .find(|(op, _)| *op == opcode)
+            {
                 return p;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -441,7 +507,10 @@ pub fn parse_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let op = b[0] & 0x0f;
         let (len, hdr) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => break,
             n => (n as usize, 2),
         };
@@ -480,14 +549,26 @@ impl Mongo {
             );
             return None;
         };
-        let mut mongo = Mongo { port: free_port(), dir: tempfile::tempdir().unwrap(), python, child: None };
+        let mut mongo = Mongo {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            python,
+            child: None,
+        };
         mongo.spawn();
         Some(mongo)
     }
 
     fn spawn(&mut self) {
         let child = Command::new(&self.python)
-            .args(["-m", "secantus", "--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "-m",
+                "secantus",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+            ])
             .arg("--storage-path")
             .arg(self.dir.path())
             // Durable commits, as a production MongoDB journals them.
@@ -504,7 +585,10 @@ impl Mongo {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the MongoDB-wire server exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "the MongoDB-wire server did not start in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the MongoDB-wire server did not start in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
