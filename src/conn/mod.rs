@@ -75,6 +75,9 @@ pub async fn run_chat(
         strikes: 0,
     };
 
+    // Nothing past the upgrade request yet (the usual case): let go of the
+    // head's 2 KiB buffer; reads start small and grow as frames need.
+    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
     let mut decoder = Decoder::new(limits.max_frame_bytes, limits.max_frame_bytes);
     socket::read_loop(&mut rd, buf, &mut decoder, &outbox, |msg| {
         chat.on_message(msg)
