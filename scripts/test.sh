@@ -8,8 +8,9 @@
 # Steps: a virtualenv with SecantusDB (a MongoDB-wire server) and the Python
 # test client; Rust unit and integration tests (debug profile, built once, run on
 # both the io_uring and the epoll driver), the Python end-to-end tests, the
-# browser client and demo page in headless Chromium, and the
-# Autobahn|Testsuite conformance cases against /ws/echo.
+# browser client and demo page in headless Chromium, cargo-fuzz on the three
+# parsers that face the network (stable Rust, no sanitizer; see fuzz/README.md),
+# and the Autobahn|Testsuite conformance cases against /ws/echo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -50,7 +51,11 @@ HUBBUB_BIN="$ROOT/target/debug/hubbub" "$VENV/bin/python" -m pytest -q tests/pyt
 say "browser client and demo page (Node and headless Chromium)"
 HUBBUB_BIN="$ROOT/target/debug/hubbub" bash tests/browser/run.sh
 
-# --- 5. WebSocket conformance ---------------------------------------------------
+# --- 5. Fuzzing ------------------------------------------------------------------
+say "fuzzing the frame decoder, the upgrade parser and the protocol parser (20 s each)"
+bash scripts/fuzz.sh 20
+
+# --- 6. WebSocket conformance ---------------------------------------------------
 if [ "${SKIP_AUTOBAHN:-0}" = 1 ]; then
     say "Autobahn skipped (SKIP_AUTOBAHN=1)"
     exit 0

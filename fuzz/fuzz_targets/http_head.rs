@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(None) | Err(HeadError::TooLarge | HeadError::Malformed) => return,
         Err(HeadError::Closed) => panic!("parse_head reported Closed: only reads may"),
     };
-    assert!(used > 0 && used <= data.len(), "head length {used} of {}", data.len());
+    assert!(
+        used > 0 && used <= data.len(),
+        "head length {used} of {}",
+        data.len()
+    );
     check_prefix_alone(data, &head, used);
 
     // What the routes read from a head; must not panic on any input.
@@ -66,7 +70,12 @@ fn check_101(accept: &str, protocol: Option<&str>) {
 
     let lines: Vec<&[u8]> = split_crlf(&resp[..resp.len() - 2]);
     let expected_lines = 4 + usize::from(protocol.is_some());
-    assert_eq!(lines.len(), expected_lines, "101 has injected lines: {:?}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        lines.len(),
+        expected_lines,
+        "101 has injected lines: {:?}",
+        String::from_utf8_lossy(&resp)
+    );
     for line in &lines {
         assert!(!line.is_empty(), "blank line inside the 101 head");
         assert!(
@@ -95,12 +104,19 @@ fn check_101(accept: &str, protocol: Option<&str>) {
 
 /// A refusal is a complete response whose body is the reason.
 fn check_refusal(refusal: &UpgradeError) {
-    assert!(matches!(refusal.status, 400 | 405 | 426), "status {}", refusal.status);
+    assert!(
+        matches!(refusal.status, 400 | 405 | 426),
+        "status {}",
+        refusal.status
+    );
     let raw = refusal.response();
     let mut parsed = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut parsed);
     let Ok(httparse::Status::Complete(body_at)) = response.parse(&raw) else {
-        panic!("refusal is not a complete head: {:?}", String::from_utf8_lossy(&raw));
+        panic!(
+            "refusal is not a complete head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
     };
     assert_eq!(response.code, Some(refusal.status));
     assert_eq!(&raw[body_at..], refusal.reason.as_bytes());

@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let second = summary(parse(&mut utf8, &mut scratch));
 
     if matches!(text, Cow::Borrowed(_)) {
-        assert_eq!(first, second, "same bytes, other result with reused scratch");
+        assert_eq!(
+            first, second,
+            "same bytes, other result with reused scratch"
+        );
     }
 });
 
@@ -37,14 +40,22 @@ fn summary(result: Result<Frame<'_>, (Option<String>, ClientError)>) -> String {
     match &result {
         Ok(frame) => {
             if let Some(id) = frame.id {
-                assert!(id.len() <= MAX_ID_BYTES, "accepted an id of {} bytes", id.len());
+                assert!(
+                    id.len() <= MAX_ID_BYTES,
+                    "accepted an id of {} bytes",
+                    id.len()
+                );
             }
             if let Request::History { limit, .. } = frame.request {
                 assert!((1..=100).contains(&limit), "history limit {limit}");
             }
         }
         Err((Some(id), _)) => {
-            assert!(id.len() <= MAX_ID_BYTES, "error repeats an id of {} bytes", id.len());
+            assert!(
+                id.len() <= MAX_ID_BYTES,
+                "error repeats an id of {} bytes",
+                id.len()
+            );
         }
         Err((None, _)) => {}
     }

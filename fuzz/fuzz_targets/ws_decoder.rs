@@ -17,8 +17,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use hubbub::ws::{is_valid_close_code, Decoder, Message, WsError, MAX_CLOSE_REASON,
-    MAX_CONTROL_PAYLOAD};
+use hubbub::ws::{
+    is_valid_close_code, Decoder, Message, WsError, MAX_CLOSE_REASON, MAX_CONTROL_PAYLOAD,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// (max_frame, max_message) pairs. Small ones make the limit checks
@@ -150,20 +151,35 @@ fn check_messages(outcomes: &[Outcome], stream_len: usize, max_frame: usize, max
                 b.len()
             }
             Message::Ping(b) | Message::Pong(b) => {
-                assert!(b.len() <= MAX_CONTROL_PAYLOAD.min(max_frame), "control payload too big");
+                assert!(
+                    b.len() <= MAX_CONTROL_PAYLOAD.min(max_frame),
+                    "control payload too big"
+                );
                 b.len()
             }
             Message::Close(None) => 0,
             Message::Close(Some(close)) => {
                 assert!(is_valid_close_code(close.code), "close code {}", close.code);
-                assert!(close.reason.len() <= MAX_CLOSE_REASON, "close reason too long");
-                assert!(2 + close.reason.len() <= max_frame, "close frame over max_frame");
+                assert!(
+                    close.reason.len() <= MAX_CLOSE_REASON,
+                    "close reason too long"
+                );
+                assert!(
+                    2 + close.reason.len() <= max_frame,
+                    "close frame over max_frame"
+                );
                 2 + close.reason.len()
             }
         };
         // Each message took at least one frame header off the wire.
         wire_bytes += MIN_FRAME + payload;
     }
-    assert!(data_bytes <= stream_len, "{data_bytes} data bytes out of {stream_len}");
-    assert!(wire_bytes <= stream_len, "{wire_bytes} bytes of messages out of {stream_len}");
+    assert!(
+        data_bytes <= stream_len,
+        "{data_bytes} data bytes out of {stream_len}"
+    );
+    assert!(
+        wire_bytes <= stream_len,
+        "{wire_bytes} bytes of messages out of {stream_len}"
+    );
 }
