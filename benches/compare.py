@@ -230,6 +230,10 @@ def table(args):
     results.sort(key=lambda r: (r.get("level", 0), order.get(r["name"], 99), r["name"]))
 
     out = []
+    if any(r["name"] == "hubbub" for r in results):
+        out.append("hubbub runs with its default durable history (redb, an fdatasync per commit batch,")
+        out.append("fan-out after the commit); the peers store nothing. See docs/benchmarks.md.")
+        out.append("")
     loads = [r for r in results if r["mode"] == "load"]
     levels = sorted({r.get("level", 0) for r in loads})
     for level in levels:
@@ -283,7 +287,7 @@ def table(args):
                 hu, pu = hub.get("server_us_per_delivery"), r.get("server_us_per_delivery")
                 c_ratio = pu / hu if hu and pu else None
                 m_ratio = r["peak_rss_kib"] / hub["peak_rss_kib"]
-                f = lambda x: "-" if x is None else f"{x:.2f}"
+                f = lambda x: "-" if x is None else (f"{x:.2f}" if x >= 0.1 else f"{x:.3f}")
                 out.append(f"| {r['name']} | {f(d_ratio)} | {f(p_ratio)} | {f(c_ratio)} | {f(m_ratio)} |")
         out.append("")
 

@@ -8,10 +8,10 @@
 #   benches/compare.sh [options]
 #
 # Options (each also settable by the environment variable in brackets):
-#   --duration D       time per load run, ramp included            [DURATION=20s]
+#   --duration D       time per load run, ramp included            [DURATION=15s]
 #   --clients N        clients of the classroom scenario            [CLIENTS=620]
 #   --room-size N      students per room (+1 teacher)               [ROOM_SIZE=30]
-#   --rates LIST       per-client messages/s, one load level each   [RATES=2,4,6]
+#   --rates LIST       per-client messages/s, one load level each   [RATES=1,2,4,6]
 #   --size N           bytes of message content                     [SIZE=64]
 #   --idle-clients N   connections of the idle run (0 skips it)     [IDLE_CLIENTS=5000]
 #   --servers LIST     what to run, in order                        [SERVERS=hubbub,bun,node-ws,go-gorilla,rust-tokio]
@@ -20,23 +20,25 @@
 #   --out DIR          results (JSON per run, logs, table.md)       [OUT=/tmp/hubbub-compare-<time>]
 #   --setup            rerun every peer's setup.sh even when it looks installed
 #   --no-build         use the binaries already in $CARGO_TARGET_DIR
-#   --nice N           run server and generator at this nice value (root only; negative
-#                      values keep other jobs on a shared machine from preempting them)
-#                                                                   [NICE=-10 as root, else 0]
+#   --sched S          how server and generator are shielded from other jobs on the machine:
+#                      rr (SCHED_RR priority 10, needs root), nice (nice -n -10, needs root)
+#                      or none                                      [SCHED=rr as root, else none]
 #
 # Environment: CARGO_TARGET_DIR (/tmp/target-bench), PEERS_SRC (the shared peers folder,
 # default ../shared/peers beside the repo), BENCH_HOME (/tmp/hubbub-bench: the writable copy of
-# the peers), CHAT_JWT_SECRET (bench-secret), BASE_PORT (18300).
+# the peers), CHAT_JWT_SECRET (bench-secret), BASE_PORT (18300), HUBBUB_ARGS (extra hubbub flags,
+# for example "--history-batch-age-ms 5"; none by default), DATA_PARENT (where hubbub's
+# --data-dir is made, $BENCH_HOME by default: put it on the disk you mean to measure).
 #
-# Default runtime: 3 levels x 5 servers x ~25 s + 5 idle runs x ~20 s, about 8 minutes, plus the
+# Default runtime: 4 levels x 5 servers x ~20 s + 5 idle runs x ~20 s, about 8 minutes, plus the
 # first build and peer setup (minutes; the Rust peer's LTO build is the longest).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-DURATION="${DURATION:-20s}"
+DURATION="${DURATION:-15s}"
 CLIENTS="${CLIENTS:-620}"
 ROOM_SIZE="${ROOM_SIZE:-30}"
-RATES="${RATES:-2,4,6}"
+RATES="${RATES:-1,2,4,6}"
 SIZE="${SIZE:-64}"
 IDLE_CLIENTS="${IDLE_CLIENTS:-5000}"
 SERVERS="${SERVERS:-hubbub,bun,node-ws,go-gorilla,rust-tokio}"
@@ -45,7 +47,7 @@ LOADGEN_CPUS="${LOADGEN_CPUS:-1}"
 OUT="${OUT:-/tmp/hubbub-compare-$(date +%Y%m%d-%H%M%S)}"
 SETUP=0
 BUILD=1
-if [ "$(id -u)" = 0 ]; then NICE="${NICE:--10}"; else NICE="${NICE:-0}"; fi
+if [ "$(id -u)" = 0 ]; then SCHED="${SCHED:-rr}"; else SCHED="${SCHED:-none}"; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/target-bench}"
 PEERS_SRC="${PEERS_SRC:-$REPO/../shared/peers}"
 BENCH_HOME="${BENCH_HOME:-/tmp/hubbub-bench}"
@@ -66,7 +68,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --setup) SETUP=1; shift ;;
     --no-build) BUILD=0; shift ;;
-    --nice) NICE="$2"; shift 2 ;;
+    --sched) SCHED="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -90,6 +92,15 @@ for l in sys.argv[1:]:
         a, _, b = part.partition("-")
         s.update(range(int(a), int(b or a) + 1))
 print(",".join(map(str, sorted(s))))' "$SERVER_CPUS" "$LOADGEN_CPUS")"
+
+# Real-time round robin keeps other jobs (builds) on a shared machine from taking the measured
+# cores; the kernel's RT throttling still leaves them 5% of each core. Every run is bounded.
+case "$SCHED" in
+  rr) PRIO=(chrt -r 10) ;;
+  nice) PRIO=(nice -n -10) ;;
+  none) PRIO=(env) ;;
+  *) echo "--sched must be rr, nice or none" >&2; exit 2 ;;
+esac
 
 mkdir -p "$OUT"
 LOG="$OUT/logs"
@@ -139,6 +150,7 @@ done
 # ---- one server run --------------------------------------------------------------------------
 
 SERVER_PID=""
+DATA_DIR=""
 stop_server() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -147,6 +159,7 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=""
+  if [ -n "$DATA_DIR" ]; then rm -rf "$DATA_DIR"; DATA_DIR=""; fi
 }
 trap stop_server EXIT INT TERM
 
@@ -163,17 +176,17 @@ start_server() {  # name port logfile
   local name="$1" port="$2" log="$3"
   case "$name" in
     hubbub)
-      local data; data="$(mktemp -d "$BENCH_HOME/data.XXXXXX")"
+      DATA_DIR="$(mktemp -d "${DATA_PARENT:-$BENCH_HOME}/hubbub-data.XXXXXX")"
       # Default durable embedded history (redb, fsync per batch). Rate limits raised far above
       # the offered load so that no request is refused; everything else at its default.
-      nice -n "$NICE" taskset -c "$SERVER_CPUS" "$HUBBUB" --listen "127.0.0.1:$port" --data-dir "$data" \
+      "${PRIO[@]}" taskset -c "$SERVER_CPUS" "$HUBBUB" --listen "127.0.0.1:$port" --data-dir "$DATA_DIR" \
         --jwt-secret "$CHAT_JWT_SECRET" --workers "$WORKERS" --log warn \
         --messages-per-sec 1000 --message-burst 1000 --user-messages-per-sec 1000 \
         --typing-per-sec 1000 --joins-per-sec 1000 \
-        --connections-per-ip-per-sec 100000 --max-conns-per-user 100 > "$log" 2>&1 &
+        --connections-per-ip-per-sec 100000 --max-conns-per-user 100 ${HUBBUB_ARGS:-} > "$log" 2>&1 &
       ;;
     *)
-      CHAT_HOST=127.0.0.1 nice -n "$NICE" taskset -c "$SERVER_CPUS" "$BENCH_HOME/peers/$name/run.sh" "$port" > "$log" 2>&1 &
+      CHAT_HOST=127.0.0.1 "${PRIO[@]}" taskset -c "$SERVER_CPUS" "$BENCH_HOME/peers/$name/run.sh" "$port" > "$log" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -197,7 +210,7 @@ run_one() {
   fi
   python3 "$REPO/benches/compare.py" measure --name "$name" --server-pid "$SERVER_PID" \
     --mode "$mode" --out "$result" --cpus "$ALL_CPUS" --level "$level" --label "$label" -- \
-    nice -n "$NICE" taskset -c "$LOADGEN_CPUS" "$LOADGEN" "$@" --url "ws://127.0.0.1:$port/ws/chat" \
+    "${PRIO[@]}" taskset -c "$LOADGEN_CPUS" "$LOADGEN" "$@" --url "ws://127.0.0.1:$port/ws/chat" \
     --secret "$CHAT_JWT_SECRET" --threads "$LOADGEN_THREADS" --json "$result.loadgen" \
     2> "$LOG/$mode-$level-$name.loadgen.log" || echo "   (load generator exited non-zero; see $LOG)"
   stop_server
@@ -224,7 +237,7 @@ EOF
   echo "kernel: $(uname -r)"
   echo "rustc: $(rustc -V)"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
-  echo "server cpus: $SERVER_CPUS (hubbub --workers $WORKERS); load generator cpus: $LOADGEN_CPUS (--threads $LOADGEN_THREADS); nice $NICE"
+  echo "server cpus: $SERVER_CPUS (hubbub --workers $WORKERS); load generator cpus: $LOADGEN_CPUS (--threads $LOADGEN_THREADS); scheduling: $SCHED"
   echo "scenario: classroom --clients $CLIENTS --room-size $ROOM_SIZE --rate {$RATES} --teacher-rate = rate --no-typing --size $SIZE --duration $DURATION"
   echo "idle: --clients $IDLE_CLIENTS"
 } | tee "$OUT/machine.txt"

@@ -11,6 +11,8 @@
 //! - `parse`:      client JSON -> request, simd-json (what the server runs)
 //!                 against serde_json on the same field set
 //! - `sanitize`:   content cleaning under the default `escape` policy
+//! - `rate_limit`: the per-message limiter check, and building a governor
+//!                 clock (which `Chat::rate_limit` does for every request)
 //! - `posted`:     the broadcast/stored JSON of a message
 //! - `ws_encode`:  one server frame (header + payload copy) by payload size
 //! - `fanout`:     one broadcast pushed to N local outboxes (writers parked)
@@ -225,6 +227,24 @@ fn bench_sanitize(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- rate_limit ------------------------------------------------------------
+
+fn bench_rate_limit(c: &mut Criterion) {
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+
+    let mut g = c.benchmark_group("rate_limit");
+    // A quota that never refuses, so every check takes the allow path.
+    let limiter = RateLimiter::direct(Quota::per_second(NonZeroU32::MAX));
+    g.bench_function("direct_check", |b| b.iter(|| black_box(limiter.check())));
+    // What the server pays per request on top of the check: a new quanta
+    // clock, whose construction probes the CPU (CPUID) every time.
+    g.bench_function("new_default_clock", |b| {
+        b.iter(|| black_box(governor::clock::DefaultClock::default()))
+    });
+    g.finish();
+}
+
 // ---- posted + ws_encode ----------------------------------------------------
 
 fn bench_encode(c: &mut Criterion) {
@@ -350,6 +370,7 @@ criterion_group!(
     bench_ws_decode,
     bench_parse,
     bench_sanitize,
+    bench_rate_limit,
     bench_encode,
     bench_fanout,
     bench_history

@@ -109,8 +109,14 @@ impl Admission {
         let ip_rate = limits.connections_per_ip_per_sec;
         let user_rate = limits.user_messages_per_sec;
         Admission {
-            per_ip: RateLimiter::keyed(quota(ip_rate, ip_rate.saturating_mul(5))),
-            per_user: RateLimiter::keyed(quota(user_rate, user_rate.saturating_mul(3))),
+            per_ip: RateLimiter::dashmap_with_clock(
+                quota(ip_rate, ip_rate.saturating_mul(5)),
+                clock(),
+            ),
+            per_user: RateLimiter::dashmap_with_clock(
+                quota(user_rate, user_rate.saturating_mul(3)),
+                clock(),
+            ),
             user_conns: Mutex::new(HashMap::new()),
             max_conns_per_user: limits.max_conns_per_user,
             max_connections: limits.max_connections,
@@ -157,7 +163,7 @@ impl Admission {
     pub fn user_message(&self, user: &Arc<str>) -> Result<(), Duration> {
         self.per_user
             .check_key(user)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(self.per_user.clock().now()))
     }
 
     pub fn count(&self, why: Refusal) {
@@ -209,6 +215,13 @@ impl Admission {
             tracing::warn!(err = %e, "cannot start the memory watcher; --memory-limit-mb ignored");
         }
     }
+}
+
+/// One clock for every rate limiter: creating one calibrates the TSC, which
+/// costs tens of microseconds, too much to pay per connection.
+pub fn clock() -> DefaultClock {
+    static CLOCK: std::sync::OnceLock<DefaultClock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(DefaultClock::default).clone()
 }
 
 /// Resident set size of this process in MiB, from /proc.
