@@ -2,26 +2,9 @@
 
 mod common;
 
-use common::{http_get, token, Server};
+use common::{http_get, seqs, token, Server, FAST};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Limits high enough that the tests, not the rate limiter, set the pace.
-const FAST: &[&str] = &[
-    "--messages-per-sec",
-    "10000",
-    "--message-burst",
-    "10000",
-    "--user-messages-per-sec",
-    "10000",
-];
-
-fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| f["seq"].as_u64().expect("seq"))
-        .collect()
-}
 
 #[tokio::test]
 async fn welcome_describes_user_and_limits() {
@@ -45,7 +28,7 @@ async fn welcome_describes_user_and_limits() {
 
 #[tokio::test]
 async fn room_messages_reach_every_member_once_with_acks() {
-    let server = Server::start(FAST);
+    let server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     let mut b = server.connect("bo").await;
     let mut outsider = server.connect("cy").await;
@@ -131,7 +114,7 @@ async fn concurrent_senders_across_workers_share_one_gap_free_order() {
 
 #[tokio::test]
 async fn resume_with_since_replays_the_gap_without_duplicates() {
-    let server = Server::start(FAST);
+    let server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     let mut b = server.connect("bo").await;
     a.join("r").await;
@@ -251,7 +234,7 @@ async fn history_pages_newest_first_over_ws_and_http() {
 
 #[tokio::test]
 async fn restart_keeps_history_and_continues_seq() {
-    let mut server = Server::start(FAST);
+    let mut server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     a.join("keep").await;
     for i in 1..=10 {
@@ -282,7 +265,7 @@ async fn restart_keeps_history_and_continues_seq() {
 
 #[tokio::test]
 async fn resend_with_the_same_id_is_stored_once() {
-    let mut server = Server::start(FAST);
+    let mut server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     a.join("once").await;
     let first = a.post("once", "same", "hello").await;
@@ -305,7 +288,7 @@ async fn resend_with_the_same_id_is_stored_once() {
 
 #[tokio::test]
 async fn direct_messages_reach_every_connection_of_both_users() {
-    let server = Server::start(FAST);
+    let server = Server::start(&FAST);
     let mut ana1 = server.connect("ana").await;
     let mut ana2 = server.connect("ana").await;
     let mut bo = server.connect("bo").await;
@@ -351,7 +334,7 @@ async fn direct_messages_reach_every_connection_of_both_users() {
 
 #[tokio::test]
 async fn typing_reaches_others_and_is_never_stored() {
-    let server = Server::start(FAST);
+    let server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     let mut b = server.connect("bo").await;
     a.join("t").await;
@@ -381,7 +364,7 @@ async fn typing_reaches_others_and_is_never_stored() {
 
 #[tokio::test]
 async fn presence_events_and_member_lists() {
-    let server = Server::start(FAST);
+    let server = Server::start(&FAST);
     let mut a = server.connect("ana").await;
     a.join("p").await;
     let mut b1 = server.connect("bo").await;

@@ -3,18 +3,9 @@
 
 mod common;
 
-use common::{close_code, http_get, token, RawClient, Server};
+use common::{close_code, http_get, token, RawClient, Server, FAST};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-const FAST: [&str; 6] = [
-    "--messages-per-sec",
-    "100000",
-    "--message-burst",
-    "100000",
-    "--user-messages-per-sec",
-    "100000",
-];
 
 fn health(server: &Server) -> Value {
     let (_, body) = http_get(server.port, "/health", None).unwrap();

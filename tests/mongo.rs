@@ -7,26 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{http_get, Mongo, Server};
+use common::{http_get, seqs, Mongo, Server, FAST};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
-
-const FAST: [&str; 6] = [
-    "--messages-per-sec",
-    "100000",
-    "--message-burst",
-    "100000",
-    "--user-messages-per-sec",
-    "100000",
-];
-
-fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| f["seq"].as_u64().expect("seq"))
-        .collect()
-}
 
 async fn collection(mongo: &Mongo) -> mongodb::Collection<Document> {
     let client = mongodb::Client::with_uri_str(mongo.url()).await.unwrap();

@@ -245,45 +245,15 @@ impl Chat {
                 self.rate_limit(Budget::Messages)?;
                 let room = self.joined(room)?;
                 let content = self.sanitize(content)?;
-                shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                self.shard.metrics.messages_in.inc();
-                let reply = ReplyTo::Conn {
-                    conn: self.id,
-                    id: id.clone(),
-                };
-                let req = PublishReq {
-                    room: room.clone(),
-                    to: None,
-                    user: self.user.clone(),
-                    origin: Some(self.id),
-                    id,
-                    content,
-                    reply,
-                };
-                shared.send(shared.owner(&room), ShardMsg::Publish(Box::new(req)));
+                self.publish(room, None, id, content);
             }
 
             Request::Dm { to, content } => {
                 self.rate_limit(Budget::Messages)?;
                 check_user_id(to)?;
                 let content = self.sanitize(content)?;
-                shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                self.shard.metrics.messages_in.inc();
                 let room: Arc<str> = auth::dm_room(&self.user.id, to).into();
-                let reply = ReplyTo::Conn {
-                    conn: self.id,
-                    id: id.clone(),
-                };
-                let req = PublishReq {
-                    room: room.clone(),
-                    to: Some(Arc::from(to)),
-                    user: self.user.clone(),
-                    origin: Some(self.id),
-                    id,
-                    content,
-                    reply,
-                };
-                shared.send(shared.owner(&room), ShardMsg::Publish(Box::new(req)));
+                self.publish(room, Some(Arc::from(to)), id, content);
             }
 
             Request::Typing { target, state } => {
@@ -360,6 +330,28 @@ impl Chat {
             }
         }
         Ok(())
+    }
+
+    /// Hand a message or DM to its room's owner, which stores it and acks.
+    fn publish(&self, room: Arc<str>, to: Option<Arc<str>>, id: Option<Box<str>>, content: String) {
+        let shared = &self.shard.shared;
+        shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.shard.metrics.messages_in.inc();
+        let reply = ReplyTo::Conn {
+            conn: self.id,
+            id: id.clone(),
+        };
+        let owner = shared.owner(&room);
+        let req = PublishReq {
+            room,
+            to,
+            user: self.user.clone(),
+            origin: Some(self.id),
+            id,
+            content,
+            reply,
+        };
+        shared.send(owner, ShardMsg::Publish(Box::new(req)));
     }
 
     /// A room id this user may use.

@@ -18,6 +18,24 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "integration-secret";
 
+/// Rate limits high enough that the tests, not the limiter, set the pace.
+pub const FAST: [&str; 6] = [
+    "--messages-per-sec",
+    "100000",
+    "--message-burst",
+    "100000",
+    "--user-messages-per-sec",
+    "100000",
+];
+
+/// The `seq` of each frame.
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
 /// How long any single expectation waits before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
