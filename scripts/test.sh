@@ -5,8 +5,8 @@
 #   scripts/test.sh            all tests
 #   SKIP_AUTOBAHN=1 scripts/test.sh   skip the WebSocket conformance run
 #
-# Steps: a virtualenv with SecantusDB (a MongoDB-wire server) and the Python
-# test client; Rust unit and integration tests (debug profile, built once, run on
+# Steps: redis-server (Debian's package) when missing; a virtualenv with
+# SecantusDB (a MongoDB-wire server) and the Python test client; Rust unit and integration tests (debug profile, built once, run on
 # both the io_uring and the epoll driver), the Python end-to-end tests, the
 # browser client and demo page in headless Chromium, cargo-fuzz on the three
 # parsers that face the network (stable Rust, no sanitizer; see fuzz/README.md),
@@ -27,6 +27,12 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt-get update -qq && apt-get install -y -qq python3-venv
 fi
 
+# Redis for the cluster tests, which start their own servers on free ports.
+if ! command -v redis-server >/dev/null; then
+    say "installing redis-server"
+    apt-get update -qq && apt-get install -y -qq redis-server
+fi
+
 say "python virtualenv for the end-to-end tests ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt \
@@ -41,7 +47,8 @@ cargo test --workspace --locked --features fault-injection
 
 say "integration tests again on the epoll driver"
 HUBBUB_TEST_DRIVER=epoll cargo test --locked --features fault-injection \
-    --test chat --test bad_input --test hardening --test mongo --test operations
+    --test chat --test bad_input --test hardening --test mongo --test operations \
+    --test cluster
 
 # --- 3. Python client ---------------------------------------------------------
 say "python websockets end-to-end tests"

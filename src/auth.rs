@@ -31,6 +31,15 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn parse(role: &str) -> Option<Role> {
+        match role {
+            "student" => Some(Role::Student),
+            "teacher" => Some(Role::Teacher),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Student => "student",
@@ -175,10 +184,8 @@ impl Verifier {
         }
 
         let role = match claims.role.as_deref() {
-            None | Some("student") => Role::Student,
-            Some("teacher") => Role::Teacher,
-            Some("admin") => Role::Admin,
-            Some(_) => return Err(AuthError::BadRole),
+            None => Role::Student,
+            Some(role) => Role::parse(role).ok_or(AuthError::BadRole)?,
         };
         let name = claims.name.unwrap_or_else(|| claims.sub.clone());
         Ok(User {

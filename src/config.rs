@@ -344,6 +344,27 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_MONGO_DB", global = true)]
     pub mongo_db: Option<String>,
 
+    /// Redis URL; several nodes with the same Redis (and the same MongoDB,
+    /// which cluster mode requires) share rooms, DMs and presence.
+    #[arg(long, env = "HUBBUB_REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// This node's name in the cluster [default: hostname, pid and a random
+    /// part, new at each start].
+    #[arg(long, env = "HUBBUB_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Seconds a node's presence outlives its last heartbeat to Redis: how
+    /// long the users of a node that died stay listed [default: 10].
+    #[arg(long, env = "HUBBUB_NODE_TTL", global = true)]
+    pub node_ttl: Option<u64>,
+
+    /// Milliseconds a message from another node waits for a missing
+    /// predecessor before the gap is read from the history store
+    /// [default: 2000].
+    #[arg(long, env = "HUBBUB_CLUSTER_GAP_WAIT_MS", global = true)]
+    pub cluster_gap_wait_ms: Option<u64>,
+
     /// Days of history to keep in MongoDB (a TTL index on `ts`); unset keeps
     /// everything.
     #[arg(long, env = "HUBBUB_MONGO_RETENTION_DAYS", global = true)]
@@ -405,6 +426,7 @@ pub struct Config {
     pub history_queue: usize,
     pub history_batch_age: Duration,
     pub mongo: Option<MongoConfig>,
+    pub redis: Option<RedisConfig>,
     pub history_lanes: usize,
     pub history_max_wait: Duration,
     pub handshake_timeout: Duration,
@@ -418,6 +440,26 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub node_id: String,
+    pub node_ttl: Duration,
+    pub gap_wait: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("node_id", &self.node_id)
+            .field("node_ttl", &self.node_ttl)
+            .field("gap_wait", &self.gap_wait)
+            .finish()
     }
 }
 
@@ -622,6 +664,18 @@ impl Options {
                 .history_lanes
                 .unwrap_or(if o.mongo_url.is_some() { 4 } else { 1 })
                 .max(1),
+            redis: match o.redis_url {
+                Some(_) if o.mongo_url.is_none() => {
+                    bail!("--redis-url needs --mongo-url: the nodes of a cluster share one history")
+                }
+                Some(url) => Some(RedisConfig {
+                    url,
+                    node_id: o.node_id.unwrap_or_else(crate::cluster::default_node_id),
+                    node_ttl: Duration::from_secs(o.node_ttl.unwrap_or(10).max(2)),
+                    gap_wait: Duration::from_millis(o.cluster_gap_wait_ms.unwrap_or(2000).max(10)),
+                }),
+                None => None,
+            },
             mongo: o.mongo_url.map(|url| MongoConfig {
                 url,
                 db: o.mongo_db.unwrap_or_else(|| "hubbub".to_owned()),
@@ -680,6 +734,10 @@ impl Options {
             max_outbound_bytes,
             mongo_url,
             mongo_db,
+            redis_url,
+            node_id,
+            node_ttl,
+            cluster_gap_wait_ms,
             mongo_retention_days,
             history_lanes,
             history_batch_age_ms,

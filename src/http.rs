@@ -461,8 +461,9 @@ fn health(shard: &Shard) -> String {
     let shared = &shard.shared;
     let writer = &shared.writer.status;
     let store_ok = shared.store_ok();
+    let healthy = store_ok && shared.cluster_ok();
     let value = serde_json::json!({
-        "status": if store_ok { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "workers": shared.mailboxes.len(),
         "driver": shared.driver.get().copied().unwrap_or("unknown"),
@@ -472,12 +473,13 @@ fn health(shard: &Shard) -> String {
                 "kind": shared.store.kind(),
                 "state": if store_ok { "ok" } else { "failing" },
                 "queue": shared.writer.queue_len(),
+                "sending": writer.sending.load(Ordering::Relaxed),
                 "stored": writer.records.load(Ordering::Relaxed),
                 "batches": writer.batches.load(Ordering::Relaxed),
                 "refused": writer.refused.load(Ordering::Relaxed),
                 "last_batch": writer.last_batch.load(Ordering::Relaxed),
             },
-            "cluster": { "kind": "none", "state": "standalone" },
+            "cluster": cluster_health(shared),
         },
         "stats": {
             "connections_total": shared.stats.connections_total.load(Ordering::Relaxed),
@@ -490,6 +492,24 @@ fn health(shard: &Shard) -> String {
             .collect::<serde_json::Map<String, serde_json::Value>>(),
     });
     value.to_string()
+}
+
+fn cluster_health(shared: &crate::shard::Shared) -> serde_json::Value {
+    let Some(cluster) = &shared.cluster else {
+        return serde_json::json!({ "kind": "none", "state": "standalone" });
+    };
+    let s = &cluster.status;
+    serde_json::json!({
+        "kind": "redis",
+        "state": if cluster.up() { "ok" } else { "failing" },
+        "node": &*cluster.node,
+        "connects": s.reconnects.load(Ordering::Relaxed),
+        "subscriptions": s.subscriptions.load(Ordering::Relaxed),
+        "published": s.published.load(Ordering::Relaxed),
+        "received": s.received.load(Ordering::Relaxed),
+        "gap_fills": s.gap_fills.load(Ordering::Relaxed),
+        "skipped": s.skipped.load(Ordering::Relaxed),
+    })
 }
 
 fn error_body(message: &str) -> String {

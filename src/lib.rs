@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod content;

@@ -220,6 +220,13 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("write to Vec");
 }
 
+/// A user as presence shows it: `{"id","name","role"}`.
+pub fn user_json(user: &User) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    push_user(&mut out, user);
+    out
+}
+
 fn push_user(out: &mut Vec<u8>, user: &User) {
     out.extend_from_slice(b"{\"id\":");
     push_str(out, &user.id);

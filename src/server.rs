@@ -58,8 +58,8 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
 
     // The tokio side runtime, for the backends that need one; the workers
     // never run on it and never block on it.
-    let side = match config.mongo {
-        Some(_) => Some(
+    let side = match config.mongo.is_some() || config.redis.is_some() {
+        true => Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("hubbub-side")
@@ -67,7 +67,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
                 .build()
                 .context("cannot start the side runtime")?,
         ),
-        None => None,
+        false => None,
     };
 
     // The history store and its writers.
@@ -94,12 +94,34 @@ pub fn start(mut config: Config) -> anyhow::Result<Running> {
         max_wait: config.history_max_wait,
         batch_age: config.history_batch_age,
         lanes: config.history_lanes,
+        contiguous: config.redis.is_none(),
     };
     let (writer, writer_threads) = writer::spawn(store.clone(), writer_cfg, notify)?;
 
     let verifier = Verifier::new(&config.jwt, config.room_policy)?;
     let addr = resolve_port(config.listen)?;
-    let shared = Arc::new(Shared::new(config, verifier, store, writer, mailboxes));
+    let cluster = config
+        .redis
+        .as_ref()
+        .map(|r| crate::cluster::Cluster::new(Arc::from(r.node_id.as_str()), r.gap_wait));
+    let (cluster, cluster_cmds) = match cluster {
+        Some((c, rx)) => (Some(c), Some(rx)),
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared::new(
+        config, verifier, store, writer, mailboxes, cluster,
+    ));
+    if let (Some(r), Some(cmds), Some(rt), Some(cluster)) =
+        (&shared.config.redis, cluster_cmds, &side, &shared.cluster)
+    {
+        let cfg = crate::cluster::link::LinkConfig {
+            url: r.url.clone(),
+            node_ttl: r.node_ttl,
+        };
+        crate::cluster::link::start(cfg, cluster, cmds, shared.clone(), rt.handle().clone())
+            .context("cluster link (check --redis-url)")?;
+        tracing::info!(node = %r.node_id, "cluster mode: sharing rooms through Redis");
+    }
     shared.admission.watch_memory(shared.config.memory_limit_mb);
 
     // One thread per worker; each reports back once its listener is bound.
@@ -176,6 +198,9 @@ impl Running {
         self.shared.writer.stop();
         for writer in self.writers {
             let _ = writer.join();
+        }
+        if let (Some(r), Some(rt)) = (&self.shared.config.redis, &self.side) {
+            crate::cluster::link::goodbye(&r.url, &r.node_id, rt.handle());
         }
         if let Some(rt) = self.side {
             rt.shutdown_timeout(Duration::from_secs(2));

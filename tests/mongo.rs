@@ -17,28 +17,9 @@ async fn collection(mongo: &Mongo) -> mongodb::Collection<Document> {
     client.database("hubbub").collection("messages")
 }
 
-/// Every stored message of a room, by paging `history` over the WebSocket.
+/// The seqs of every stored message of a room, oldest first.
 async fn all_history(c: &mut common::Client, room: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let id = format!("all-{}-{}", room, before.unwrap_or(0));
-        let mut req = json!({"type": "history", "room": room, "limit": 100, "id": id});
-        if let Some(b) = before {
-            req["before"] = b.into();
-        }
-        c.send(req).await;
-        let page = c.reply(&id).await;
-        assert_eq!(page["type"], "history", "{page}");
-        let got = seqs(page["messages"].as_array().unwrap());
-        out.extend(&got);
-        match (page["has_more"].as_bool(), got.last()) {
-            (Some(true), Some(last)) => before = Some(*last),
-            _ => break,
-        }
-    }
-    out.reverse();
-    out
+    seqs(&common::all_history(c, room).await)
 }
 
 #[tokio::test]

@@ -278,6 +278,14 @@ impl Chat {
                     }
                     Target::User(to) => {
                         check_user_id(to)?;
+                        // In cluster mode it reaches every node, this one
+                        // included, through the user's channel.
+                        if let Some(cluster) = &shared.cluster {
+                            let topics = vec![crate::cluster::Topic::User(Arc::from(to))];
+                            let payload = crate::cluster::wire::user_typing(to, &json);
+                            cluster.send(crate::cluster::Cmd::Publish { topics, payload });
+                            return Ok(());
+                        }
                         let users = vec![Arc::from(to)];
                         for shard in 0..shared.mailboxes.len() {
                             let msg = ShardMsg::DeliverUsers {

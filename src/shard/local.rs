@@ -17,11 +17,15 @@ impl Shard {
         let local = self.next_conn.get();
         self.next_conn.set(local.wrapping_add(1).max(1));
 
-        self.users
-            .borrow_mut()
-            .entry(user.id.clone())
-            .or_default()
-            .push(local);
+        let mut users = self.users.borrow_mut();
+        let list = users.entry(user.id.clone()).or_default();
+        list.push(local);
+        // Cluster mode: DMs to this user reach this node on its channel.
+        if let (Some(cluster), 1) = (&self.shared.cluster, list.len()) {
+            let topic = crate::cluster::Topic::User(user.id.clone());
+            cluster.send(crate::cluster::Cmd::Subscribe(topic, self.id));
+        }
+        drop(users);
         let conn = LocalConn {
             user,
             outbox,
@@ -56,6 +60,10 @@ impl Shard {
             list.retain(|c| *c != local);
             if list.is_empty() {
                 users.remove(&conn.user.id);
+                if let Some(cluster) = &self.shared.cluster {
+                    let topic = crate::cluster::Topic::User(conn.user.id.clone());
+                    cluster.send(crate::cluster::Cmd::Unsubscribe(topic));
+                }
             }
         }
         drop(users);

@@ -10,6 +10,7 @@
 //! - shards talk only through [`ShardMsg`]s on their [`inbox`]es, never by
 //!   sharing state, so all state here is single-threaded (`RefCell`).
 
+mod cluster;
 pub mod inbox;
 mod local;
 mod room;
@@ -167,6 +168,20 @@ pub enum ShardMsg {
         reply: ReplyTo,
     },
 
+    // ---- cluster mode (`crate::cluster`)
+    /// Seqs reserved in Redis for a room's waiting messages, from `first`;
+    /// None when Redis did not answer.
+    Reserved {
+        room: Arc<str>,
+        first: Option<u64>,
+        count: u32,
+    },
+    /// Something another node (or this one) published through Redis.
+    Remote(Box<crate::cluster::Remote>),
+    /// Redis is back after an outage: fill gaps from the history store,
+    /// re-register presence and re-read member lists.
+    Resync,
+
     // ---- lifecycle
     /// Stop accepting, close every connection with 1001, then stop.
     Shutdown,
@@ -189,6 +204,8 @@ pub struct Shared {
     pub store: Arc<dyn HistoryStore>,
     pub writer: WriterHandle,
     pub mailboxes: Vec<Mailbox<ShardMsg>>,
+    /// Cluster mode: the link to Redis.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub stats: Stats,
     /// "io_uring" or "epoll", set by the first shard that starts.
     pub driver: OnceLock<&'static str>,
@@ -204,8 +221,10 @@ impl Shared {
         store: Arc<dyn HistoryStore>,
         writer: WriterHandle,
         mailboxes: Vec<Mailbox<ShardMsg>>,
+        cluster: Option<crate::cluster::Cluster>,
     ) -> Shared {
         Shared {
+            cluster,
             admission: Arc::new(crate::admission::Admission::new(&config.limits)),
             config,
             verifier,
@@ -230,9 +249,15 @@ impl Shared {
         self.mailboxes[shard].send(msg);
     }
 
-    /// Ready to take messages: not shutting down, and the store is healthy.
+    /// Ready to take messages: not shutting down, the store is healthy, and
+    /// in cluster mode Redis answers.
     pub fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed) && self.store_ok()
+        !self.shutting_down.load(Ordering::Relaxed) && self.store_ok() && self.cluster_ok()
+    }
+
+    /// Standalone, or connected to Redis.
+    pub fn cluster_ok(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.up())
     }
 
     /// The history store answers and the last write went through.
@@ -372,6 +397,9 @@ impl Shard {
             ShardMsg::RoomInfo { ref room, .. } => self.to_room(room.clone(), msg),
             ShardMsg::Disconnect { user } => self.disconnect_user(&user),
             ShardMsg::Stored(reports) => self.on_stored(reports),
+            ShardMsg::Reserved { room, first, count } => self.on_reserved(&room, first, count),
+            ShardMsg::Remote(ref remote) => self.to_room(remote.room().clone(), msg),
+            ShardMsg::Resync => self.resync(),
 
             // Frames for connections on this shard.
             ShardMsg::Deliver {

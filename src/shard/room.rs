@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 
+use super::cluster::Clustered;
 use super::ShardMsg;
 use super::{frame_payload, now_ms, ConnId, HistoryReq, JoinReq, PublishReq, ReplyTo, Shard};
 use crate::auth::User;
@@ -33,58 +34,65 @@ pub(super) enum Slot {
 /// A room (or DM pair) owned by this shard.
 pub(super) struct Room {
     /// For a DM pair room, the two users; their connections get its frames.
-    dm: Option<[Arc<str>; 2]>,
+    pub(super) dm: Option<[Arc<str>; 2]>,
     /// The seq the next message gets.
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// The last seq known committed (what a join reports as `last_seq`).
-    last_seq: u64,
+    pub(super) last_seq: u64,
     /// Bumped when the counter is rewound after a failed write, so that
     /// outcomes of writes from before the rewind are recognised as stale.
-    epoch: u32,
+    pub(super) epoch: u32,
     /// The newest committed frames, oldest first.
-    recent: VecDeque<(u64, Bytes)>,
+    pub(super) recent: VecDeque<(u64, Bytes)>,
     /// Member connections per shard: fan-out goes to shards with a count.
-    shards: Vec<u32>,
-    members: HashMap<Arc<str>, Member>,
+    pub(super) shards: Vec<u32>,
+    pub(super) members: HashMap<Arc<str>, Member>,
     /// Messages waiting for their commit, by (epoch, seq).
-    inflight: HashMap<(u32, u64), InFlight>,
+    pub(super) inflight: HashMap<(u32, u64), InFlight>,
     /// Resend detection: (user, request id) → what happened to it.
-    seen: HashMap<(Arc<str>, Box<str>), Seen>,
+    pub(super) seen: HashMap<(Arc<str>, Box<str>), Seen>,
     /// Expiry order of `seen`.
-    seen_order: VecDeque<(Instant, (Arc<str>, Box<str>))>,
+    pub(super) seen_order: VecDeque<(Instant, (Arc<str>, Box<str>))>,
     /// Joins waiting for a store read of their backlog; a leave meanwhile
     /// removes the entry, and the join then completes without membership.
-    pending_joins: HashSet<ConnId>,
+    pub(super) pending_joins: HashSet<ConnId>,
     /// When the room last had members or traffic.
-    touched: Instant,
+    pub(super) touched: Instant,
+    /// Cluster mode: reservations, ordering and the cluster's members.
+    pub(super) cluster: Option<Box<Clustered>>,
 }
 
-struct Member {
-    user: Arc<User>,
-    conns: Vec<ConnId>,
+pub(super) struct Member {
+    pub(super) user: Arc<User>,
+    pub(super) conns: Vec<ConnId>,
 }
 
-struct InFlight {
-    frame: Bytes,
-    ts: u64,
+pub(super) struct InFlight {
+    pub(super) frame: Bytes,
+    pub(super) ts: u64,
     /// When the owner accepted it, for the ack latency metric.
-    accepted: Instant,
+    pub(super) accepted: Instant,
     /// The sending connection (none for the admin API): a DM is not echoed
     /// to it.
-    origin: Option<ConnId>,
+    pub(super) origin: Option<ConnId>,
     /// Who waits for the ack: the sender, and any resend of the same id.
-    waiters: Vec<ReplyTo>,
-    seen_key: Option<(Arc<str>, Box<str>)>,
+    pub(super) waiters: Vec<ReplyTo>,
+    pub(super) seen_key: Option<(Arc<str>, Box<str>)>,
 }
 
-enum Seen {
+pub(super) enum Seen {
+    /// Cluster mode: waiting for its seq from Redis.
+    Reserving,
     InFlight(u32, u64),
-    Done { seq: u64, ts: u64 },
+    Done {
+        seq: u64,
+        ts: u64,
+    },
 }
 
 impl Room {
     /// Build a room from its newest stored messages (newest first).
-    fn from_store(id: &str, mut page: Rows, shards: usize) -> Room {
+    fn from_store(id: &str, mut page: Rows, shards: usize, clustered: bool) -> Room {
         let last_seq = page.first().map_or(0, |(seq, _)| *seq);
         page.reverse();
 
@@ -121,12 +129,16 @@ impl Room {
             seen_order,
             pending_joins: HashSet::new(),
             touched: Instant::now(),
+            cluster: clustered.then(Box::default),
         }
     }
 
     /// Kept in memory while anything depends on it.
-    fn busy(&self) -> bool {
-        !self.members.is_empty() || !self.inflight.is_empty() || !self.pending_joins.is_empty()
+    pub(super) fn busy(&self) -> bool {
+        !self.members.is_empty()
+            || !self.inflight.is_empty()
+            || !self.pending_joins.is_empty()
+            || self.cluster.as_ref().is_some_and(|c| c.busy())
     }
 
     /// Committed frames with seq in `(after, upto]`, oldest first.
@@ -148,7 +160,7 @@ impl Room {
 
 /// Poll a store read once; the embedded store answers at once, so its reads
 /// need no task.
-fn read_now(fut: ReadFuture) -> Result<Result<Rows, StoreError>, ReadFuture> {
+pub(super) fn read_now(fut: ReadFuture) -> Result<Result<Rows, StoreError>, ReadFuture> {
     let mut fut = fut;
     match (&mut fut).now_or_never() {
         Some(result) => Ok(result),
@@ -161,6 +173,17 @@ impl Shard {
     /// not in memory. Requests for a room being loaded wait in order.
     pub(super) fn to_room(self: &Rc<Self>, room: Arc<str>, msg: ShardMsg) {
         let mut rooms = self.rooms.borrow_mut();
+        // Cluster mode: a room that lost its subscription missed messages;
+        // reload it before anyone joins or reads it again.
+        let stale = match (rooms.get(&room), &msg) {
+            (Some(Slot::Ready(r)), ShardMsg::Join(_) | ShardMsg::History(_)) => {
+                r.cluster.as_ref().is_some_and(|c| c.stale) && !r.busy()
+            }
+            _ => false,
+        };
+        if stale {
+            rooms.remove(&room);
+        }
         match rooms.get_mut(&room) {
             Some(Slot::Ready(_)) => {
                 drop(rooms);
@@ -171,6 +194,14 @@ impl Shard {
                 // Nothing to undo or tell in a room nobody is in.
                 if matches!(msg, ShardMsg::Leave { .. } | ShardMsg::Typing { .. }) {
                     return;
+                }
+                // From the cluster, only a DM needs its room loaded here: a
+                // room's traffic comes only while it has local members.
+                if let ShardMsg::Remote(remote) = &msg {
+                    let dm = crate::auth::dm_pair(&room).is_some();
+                    if !(dm && matches!(**remote, crate::cluster::Remote::Message { .. })) {
+                        return;
+                    }
                 }
                 rooms.insert(room.clone(), Slot::Loading(vec![msg]));
                 drop(rooms);
@@ -205,7 +236,8 @@ impl Shard {
         };
         match result {
             Ok(page) => {
-                let room = Room::from_store(&id, page, self.shared.mailboxes.len());
+                let clustered = self.shared.cluster.is_some();
+                let room = Room::from_store(&id, page, self.shared.mailboxes.len(), clustered);
                 let (last_seq, shard) = (room.last_seq, self.id);
                 tracing::debug!(room = %id, last_seq, shard, "room loaded");
                 self.rooms
@@ -234,6 +266,7 @@ impl Shard {
             ShardMsg::History(req) => self.on_history(*req),
             ShardMsg::Presence { room, reply } => self.on_presence(&room, reply),
             ShardMsg::RoomInfo { room, reply } => self.on_room_info(&room, reply),
+            ShardMsg::Remote(remote) => self.on_remote(*remote),
             _ => unreachable!("only room requests are routed to rooms"),
         }
     }
@@ -257,7 +290,7 @@ impl Shard {
     }
 
     /// The ready room `id`, if it is in memory.
-    fn ready<R>(&self, id: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
+    pub(super) fn ready<R>(&self, id: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
         let mut rooms = self.rooms.borrow_mut();
         match rooms.get_mut(id) {
             Some(Slot::Ready(room)) => {
@@ -337,15 +370,18 @@ impl Shard {
                     room.shards[req.conn.shard as usize] += 1;
                 }
                 if first {
-                    let event = protocol::presence_event(&req.room, &req.user, true);
-                    let frame = encode(OpCode::Text, &event);
-                    self.fan_out_room(room, &req.room, frame, Some(req.user.id.clone()));
+                    self.announce(room, &req.room, &req.user, true);
                 }
+                self.listen(room, &req.room);
             }
 
-            let users = room.members.values().map(|m| &*m.user).take(max_listed);
-            let ack =
-                protocol::ack_members(req.id.as_deref(), &req.room, users, Some(room.last_seq));
+            let users = room.listed(max_listed);
+            let ack = protocol::ack_members(
+                req.id.as_deref(),
+                &req.room,
+                users.into_iter(),
+                Some(room.last_seq),
+            );
             let ack = encode(OpCode::Text, &ack);
 
             let mut backlog = Vec::new();
@@ -397,83 +433,51 @@ impl Shard {
 
         if member.conns.is_empty() {
             let member = room.members.remove(&user.id).expect("present");
-            let frame = encode(
-                OpCode::Text,
-                &protocol::presence_event(room_id, &member.user, false),
-            );
-            self.fan_out_room(room, room_id, frame, None);
+            self.announce(room, room_id, &member.user, false);
+            if room.members.is_empty() {
+                self.stop_listening(room, room_id);
+            }
         }
     }
 
+    /// A user's first connection joined, or last one left: tell the room
+    /// (in cluster mode, Redis tells every node, this one included).
+    fn announce(&self, room: &Room, id: &Arc<str>, user: &Arc<User>, online: bool) {
+        if let Some(cluster) = &self.shared.cluster {
+            let (room, user) = (id.clone(), user.clone());
+            let cmd = match online {
+                true => crate::cluster::Cmd::PresenceJoin { room, user },
+                false => crate::cluster::Cmd::PresenceLeave { room, user },
+            };
+            cluster.send(cmd);
+            return;
+        }
+        let frame = encode(OpCode::Text, &protocol::presence_event(id, user, online));
+        let skip = online.then(|| user.id.clone());
+        self.fan_out_room(room, id, frame, skip);
+    }
+
     fn on_publish(&self, req: PublishReq) {
-        let shard = self.id;
-        let writer = &self.shared.writer;
         let mut req = req;
-        let result = self.ready(&req.room, |room| -> Result<Option<Vec<u8>>, ClientError> {
+        let room_id = req.room.clone();
+        let result = self.ready(&room_id, |room| -> Result<Option<Vec<u8>>, ClientError> {
             expire_seen(room);
 
             // A resend of a request we already have: answer with the original.
             let key = req.id.as_ref().map(|id| (req.user.id.clone(), id.clone()));
-            if let Some(key) = &key {
-                match room.seen.get(key) {
-                    Some(Seen::Done { seq, ts }) => {
-                        let ack = protocol::ack_posted(req.id.as_deref(), &req.room, *seq, *ts);
-                        return Ok(Some(ack));
-                    }
-                    Some(Seen::InFlight(epoch, seq)) => {
-                        if let Some(f) = room.inflight.get_mut(&(*epoch, *seq)) {
-                            f.waiters.push(req.reply.take());
-                            return Ok(None);
-                        }
-                    }
-                    None => {}
-                }
+            if let Some(answer) = resent(room, &mut req, key.as_ref()) {
+                return Ok(answer);
             }
 
-            // Assign the seq, encode the frame once, and queue the write.
+            // Cluster mode: the seq comes from Redis, asynchronously.
+            if room.cluster.is_some() {
+                self.await_seq(room, &mut req, key);
+                return Ok(None);
+            }
+
             let seq = room.next_seq;
-            let ts = now_ms();
-            let posted = match &req.to {
-                Some(to) => Posted::Dm { to },
-                None => Posted::Room(&req.room),
-            };
-            let json =
-                protocol::posted(&posted, seq, ts, &req.user, &req.content, req.id.as_deref());
-            let frame = encode(OpCode::Text, &json);
-            let record = Record {
-                room: req.room.clone(),
-                seq,
-                json: frame_payload(&frame),
-            };
-            let pending = Pending {
-                owner: shard,
-                epoch: room.epoch,
-                record,
-                queued: Instant::now(),
-            };
-            if writer.try_submit(pending).is_err() {
-                return Err(ClientError::new(
-                    Code::Unavailable,
-                    "history queue full, not stored",
-                ));
-            }
+            self.start_write(room, &mut req, key, seq)?;
             room.next_seq += 1;
-
-            if let Some(key) = &key {
-                room.seen
-                    .insert(key.clone(), Seen::InFlight(room.epoch, seq));
-                room.seen_order.push_back((Instant::now(), key.clone()));
-            }
-            let waiters = vec![req.reply.take()];
-            let flight = InFlight {
-                frame,
-                ts,
-                accepted: Instant::now(),
-                origin: req.origin,
-                waiters,
-                seen_key: key,
-            };
-            room.inflight.insert((room.epoch, seq), flight);
             Ok(None)
         });
 
@@ -486,9 +490,64 @@ impl Shard {
         self.reply(req.reply, answer);
     }
 
+    /// Give a message its `seq`: encode the frame once, queue the write, and
+    /// wait for its commit. Takes the reply target out of `req`.
+    pub(super) fn start_write(
+        &self,
+        room: &mut Room,
+        req: &mut PublishReq,
+        key: Option<(Arc<str>, Box<str>)>,
+        seq: u64,
+    ) -> Result<(), ClientError> {
+        let ts = now_ms();
+        let posted = match &req.to {
+            Some(to) => Posted::Dm { to },
+            None => Posted::Room(&req.room),
+        };
+        let json = protocol::posted(&posted, seq, ts, &req.user, &req.content, req.id.as_deref());
+        let frame = encode(OpCode::Text, &json);
+        let record = Record {
+            room: req.room.clone(),
+            seq,
+            json: frame_payload(&frame),
+        };
+        let pending = Pending {
+            owner: self.id,
+            epoch: room.epoch,
+            record,
+            queued: Instant::now(),
+        };
+        if self.shared.writer.try_submit(pending).is_err() {
+            if let Some(key) = &key {
+                room.seen.remove(key);
+            }
+            return Err(ClientError::new(
+                Code::Unavailable,
+                "history queue full, not stored",
+            ));
+        }
+
+        if let Some(key) = &key {
+            room.seen
+                .insert(key.clone(), Seen::InFlight(room.epoch, seq));
+            room.seen_order.push_back((Instant::now(), key.clone()));
+        }
+        let flight = InFlight {
+            frame,
+            ts,
+            accepted: Instant::now(),
+            origin: req.origin,
+            waiters: vec![req.reply.take()],
+            seen_key: key,
+        };
+        room.inflight.insert((room.epoch, seq), flight);
+        Ok(())
+    }
+
     /// Outcomes from the history writer, in seq order per room.
-    pub(super) fn on_stored(&self, reports: Vec<Report>) {
+    pub(super) fn on_stored(self: &Rc<Self>, reports: Vec<Report>) {
         let cache = self.shared.config.history_cache;
+        let mut gaps = Vec::new();
         let mut rooms = self.rooms.borrow_mut();
         for r in reports {
             let Some(Slot::Ready(room)) = rooms.get_mut(&r.room) else {
@@ -503,11 +562,14 @@ impl Shard {
                     crate::metrics::get()
                         .ack_seconds
                         .observe(flight.accepted.elapsed().as_secs_f64());
-                    room.last_seq = r.seq;
-                    if room.recent.len() == cache {
-                        room.recent.pop_front();
+                    // In cluster mode the cache follows delivery order.
+                    if room.cluster.is_none() {
+                        room.last_seq = r.seq;
+                        if room.recent.len() == cache {
+                            room.recent.pop_front();
+                        }
+                        room.recent.push_back((r.seq, flight.frame.clone()));
                     }
-                    room.recent.push_back((r.seq, flight.frame.clone()));
                     if let Some(key) = flight.seen_key {
                         room.seen.insert(
                             key,
@@ -524,6 +586,13 @@ impl Shard {
                         let ack = protocol::ack_posted(waiter.id(), &r.room, r.seq, flight.ts);
                         self.reply(waiter, Ok(ack));
                     }
+                    if room.cluster.is_some() {
+                        let entry = Some((flight.frame, flight.origin));
+                        if self.committed(room, &r.room, r.seq, entry) {
+                            gaps.push(r.room.clone());
+                        }
+                        continue;
+                    }
                     match &room.dm {
                         Some(pair) => self.fan_out_users(pair, flight.frame, flight.origin),
                         None => self.fan_out_room(room, &r.room, flight.frame, None),
@@ -533,7 +602,11 @@ impl Shard {
                     if let Some(key) = flight.seen_key {
                         room.seen.remove(&key);
                     }
-                    if r.epoch == room.epoch {
+                    if room.cluster.is_some() {
+                        if self.committed(room, &r.room, r.seq, None) {
+                            gaps.push(r.room.clone());
+                        }
+                    } else if r.epoch == room.epoch {
                         let (room_id, seq) = (&r.room, r.seq);
                         tracing::warn!(room = %room_id, seq, expected, "history write refused");
                         room.epoch += 1;
@@ -549,9 +622,21 @@ impl Shard {
                 }
             }
         }
+        drop(rooms);
+        for room in gaps {
+            self.schedule_gap_check(room);
+        }
     }
 
     fn on_typing(&self, room_id: &Arc<str>, user: Arc<str>, frame: Bytes) {
+        // In cluster mode every node, this one included, delivers it when it
+        // comes back from Redis.
+        if let Some(cluster) = &self.shared.cluster {
+            let payload = crate::cluster::wire::typing(room_id, &user, &frame_payload(&frame));
+            let topics = vec![crate::cluster::Topic::Room(room_id.clone())];
+            cluster.send(crate::cluster::Cmd::Publish { topics, payload });
+            return;
+        }
         self.ready(room_id, |room| {
             self.fan_out_room(room, room_id, frame, Some(user))
         });
@@ -561,6 +646,15 @@ impl Shard {
         // From memory when the cache holds a full page below `before`, or
         // holds the room's whole history.
         let cached = self.ready(&req.room, |room| {
+            // In cluster mode the cache is complete only while the room's
+            // channel is subscribed and nothing is missing.
+            if room
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.current(room.dm.is_some()))
+            {
+                return None;
+            }
             let before = req.before.unwrap_or(u64::MAX);
             let below: Vec<&(u64, Bytes)> = room
                 .recent
@@ -626,8 +720,8 @@ impl Shard {
         let id = reply.id();
         let json = self
             .ready(room_id, |room| {
-                let users = room.members.values().map(|m| &*m.user).take(max_listed);
-                protocol::ack_members(id, room_id, users, None)
+                let users = room.listed(max_listed);
+                protocol::ack_members(id, room_id, users.into_iter(), None)
             })
             .unwrap_or_else(|| protocol::ack_members(id, room_id, std::iter::empty(), None));
         self.reply(reply, Ok(json));
@@ -664,7 +758,13 @@ impl Shard {
     }
 
     /// Send a frame to every shard with members of the room.
-    fn fan_out_room(&self, room: &Room, id: &Arc<str>, frame: Bytes, skip: Option<Arc<str>>) {
+    pub(super) fn fan_out_room(
+        &self,
+        room: &Room,
+        id: &Arc<str>,
+        frame: Bytes,
+        skip: Option<Arc<str>>,
+    ) {
         for (shard, count) in room.shards.iter().enumerate() {
             if *count > 0 {
                 let msg = ShardMsg::Deliver {
@@ -685,7 +785,7 @@ impl Shard {
     ///
     /// This asks every shard, since no shard knows where a user's
     /// connections are; the cost per DM grows with the number of workers.
-    fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: Option<ConnId>) {
+    pub(super) fn fan_out_users(&self, pair: &[Arc<str>; 2], frame: Bytes, origin: Option<ConnId>) {
         for shard in 0..self.shared.mailboxes.len() {
             let msg = ShardMsg::DeliverUsers {
                 users: pair.to_vec(),
@@ -712,6 +812,35 @@ impl Shard {
                 room.busy() || now - room.touched < super::ROOM_IDLE
             }
         });
+    }
+}
+
+/// A resend of a `message` or `dm` this room already has: the original ack,
+/// or None (`Some(None)`) when the reply will come with the original's.
+fn resent(
+    room: &mut Room,
+    req: &mut PublishReq,
+    key: Option<&(Arc<str>, Box<str>)>,
+) -> Option<Option<Vec<u8>>> {
+    let key = key?;
+    match room.seen.get(key)? {
+        Seen::Done { seq, ts } => Some(Some(protocol::ack_posted(
+            req.id.as_deref(),
+            &req.room,
+            *seq,
+            *ts,
+        ))),
+        Seen::InFlight(epoch, seq) => {
+            let flight = room.inflight.get_mut(&(*epoch, *seq))?;
+            flight.waiters.push(req.reply.take());
+            Some(None)
+        }
+        Seen::Reserving => {
+            let waiting = room.cluster.as_mut()?.awaiting.iter_mut();
+            let first = waiting.into_iter().find(|w| w.key.as_ref() == Some(key))?;
+            first.also.push(req.reply.take());
+            Some(None)
+        }
     }
 }
 

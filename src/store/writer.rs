@@ -71,6 +71,8 @@ pub struct WriterStatus {
     pub refused: AtomicU64,
     /// Size of the last batch committed.
     pub last_batch: AtomicU64,
+    /// Records in the batch being written (retried while the store fails).
+    pub sending: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,10 @@ pub struct WriterConfig {
     pub batch_age: Duration,
     /// Writer threads; rooms are spread over them by hash.
     pub lanes: usize,
+    /// Refuse a record whose seq does not follow its room's last one. Off
+    /// in cluster mode, where seqs come from Redis and several nodes write
+    /// one room: the unique `(room, seq)` index keeps them apart there.
+    pub contiguous: bool,
 }
 
 /// The shards' side of the writers.
@@ -206,15 +212,8 @@ impl Writer {
             }
 
             // 2. Commit, and 3. tell each owner.
-            let mut reports = self.commit(batch, &rx, &mut stopping);
-            reports.sort_by_key(|(owner, _)| *owner);
-            let mut by_owner: HashMap<usize, Vec<Report>> = HashMap::new();
-            for (owner, report) in reports {
-                by_owner.entry(owner).or_default().push(report);
-            }
-            for (owner, reports) in by_owner {
-                notify(owner, reports);
-            }
+            let reports = self.commit(batch, &rx, &mut stopping, notify);
+            tell(notify, reports);
         }
         tracing::debug!("history writer stopped");
     }
@@ -225,6 +224,7 @@ impl Writer {
         batch: Vec<Pending>,
         rx: &Receiver<Msg>,
         stopping: &mut bool,
+        notify: &dyn Fn(usize, Vec<Report>),
     ) -> Vec<(usize, Report)> {
         let mut reports = Vec::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
@@ -232,6 +232,15 @@ impl Writer {
         // Keep records that continue their room's sequence and did not wait
         // too long; everything else is certainly not stored.
         for p in batch {
+            if !self.cfg.contiguous {
+                if p.queued.elapsed() > self.cfg.max_wait {
+                    let expected = p.record.seq;
+                    reports.push(report(&p, Outcome::NotStored { expected }));
+                } else {
+                    accepted.push(p);
+                }
+                continue;
+            }
             let Some(expected) = self.expected(&p.record.room) else {
                 reports.push(report(
                     &p,
@@ -256,7 +265,14 @@ impl Writer {
         }
 
         let records: Vec<Record> = accepted.iter().map(|p| p.record.clone()).collect();
-        self.append_until_stored(&records, rx, &mut reports, stopping);
+        let status = self.status.clone();
+        status
+            .sending
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.append_until_stored(&records, rx, stopping, notify);
+        status
+            .sending
+            .fetch_sub(records.len() as u64, Ordering::Relaxed);
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         self.status
             .records
@@ -296,8 +312,8 @@ impl Writer {
         &mut self,
         records: &[Record],
         rx: &Receiver<Msg>,
-        refused: &mut Vec<(usize, Report)>,
         stopping: &mut bool,
+        notify: &dyn Fn(usize, Vec<Report>),
     ) {
         let mut delay = Duration::from_millis(10);
         loop {
@@ -320,7 +336,12 @@ impl Writer {
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
-                    self.expire_queued(rx, refused, stopping);
+                    // Refusals go out now, not when the outage ends.
+                    let mut refused = Vec::new();
+                    self.expire_queued(rx, &mut refused, stopping);
+                    let count = refused.len() as u64;
+                    self.status.refused.fetch_add(count, Ordering::Relaxed);
+                    tell(notify, refused);
                 }
             }
         }
@@ -334,8 +355,13 @@ impl Writer {
         out: &mut Vec<(usize, Report)>,
         stopping: &mut bool,
     ) {
-        if self.carry.is_some() {
-            return;
+        // The record kept for the next batch expires like the rest.
+        if let Some(p) = self.carry.take() {
+            if p.queued.elapsed() <= self.cfg.max_wait {
+                self.carry = Some(p);
+                return;
+            }
+            out.push(self.never_sent(&p));
         }
         while let Ok(msg) = rx.try_recv() {
             let p = match msg {
@@ -349,15 +375,30 @@ impl Writer {
                 self.carry = Some(p);
                 return;
             }
-            // Never sent: certainly not stored. Its room's expected seq is
-            // unchanged by it.
-            let expected = self
-                .next
-                .get(&p.record.room)
-                .copied()
-                .unwrap_or(p.record.seq);
-            out.push(report(&p, Outcome::NotStored { expected }));
+            out.push(self.never_sent(&p));
         }
+    }
+
+    /// Never sent: certainly not stored. Its room's expected seq is
+    /// unchanged by it.
+    fn never_sent(&self, p: &Pending) -> (usize, Report) {
+        let expected = self
+            .next
+            .get(&p.record.room)
+            .copied()
+            .unwrap_or(p.record.seq);
+        report(p, Outcome::NotStored { expected })
+    }
+}
+
+/// Send reports to their owners, in the order given (seq order per room).
+fn tell(notify: &dyn Fn(usize, Vec<Report>), reports: Vec<(usize, Report)>) {
+    let mut by_owner: HashMap<usize, Vec<Report>> = HashMap::new();
+    for (owner, report) in reports {
+        by_owner.entry(owner).or_default().push(report);
+    }
+    for (owner, reports) in by_owner {
+        notify(owner, reports);
     }
 }
 
@@ -437,6 +478,7 @@ mod tests {
             max_wait: Duration::from_millis(50),
             batch_age: Duration::ZERO,
             lanes: 1,
+            contiguous: true,
         }
     }
 
@@ -456,7 +498,7 @@ mod tests {
         let mut w = writer(store.clone());
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let batch = vec![pending("r", 1, 0), pending("r", 2, 0), pending("r", 4, 0)];
-        let out = w.commit(batch, &rx, &mut false);
+        let out = w.commit(batch, &rx, &mut false, &|_, _| {});
         let outcomes: Vec<_> = out.iter().map(|(_, r)| (r.seq, r.outcome)).collect();
         assert!(outcomes.contains(&(1, Outcome::Stored)));
         assert!(outcomes.contains(&(2, Outcome::Stored)));
@@ -473,7 +515,9 @@ mod tests {
         let mut old = pending("other", 1, 0);
         old.queued -= Duration::from_secs(1);
         tx.send(Msg::Write(old)).unwrap();
-        tx.send(Msg::Write(pending("other", 2, 0))).unwrap();
+        let mut fresh = pending("other", 2, 0);
+        fresh.queued += Duration::from_secs(60);
+        tx.send(Msg::Write(fresh)).unwrap();
 
         // Heal the store after a few failed attempts.
         let healer = {
@@ -485,8 +529,22 @@ mod tests {
                 store.fail.store(false, Ordering::SeqCst);
             })
         };
-        let out = w.commit(vec![pending("r", 1, 0)], &rx, &mut false);
+        // Refusals are told before the batch is stored, not afterwards.
+        let told = Mutex::new(Vec::new());
+        let notify = |_owner: usize, reports: Vec<Report>| {
+            let failing = store.rows.lock().unwrap().is_empty();
+            told.lock()
+                .unwrap()
+                .extend(reports.into_iter().map(|r| (r, failing)));
+        };
+        let mut out = w.commit(vec![pending("r", 1, 0)], &rx, &mut false, &notify);
         healer.join().unwrap();
+        let told = told.into_inner().unwrap();
+        assert!(
+            told.iter().all(|(_, failing)| *failing),
+            "told during the outage"
+        );
+        out.extend(told.into_iter().map(|(r, _)| (0, r)));
 
         let stored: Vec<_> = out
             .iter()
@@ -511,6 +569,20 @@ mod tests {
     }
 
     #[test]
+    fn the_record_kept_for_the_next_batch_expires_too() {
+        let mut w = writer(Arc::new(Flaky::default()));
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let mut old = pending("r", 1, 0);
+        old.queued -= Duration::from_secs(1);
+        w.carry = Some(old);
+        let mut out = Vec::new();
+        w.expire_queued(&rx, &mut out, &mut false);
+        assert!(w.carry.is_none());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.outcome, Outcome::NotStored { expected: 1 });
+    }
+
+    #[test]
     fn the_threads_report_to_owners_and_stop_after_draining() {
         let store = Arc::new(Flaky::default());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -518,6 +590,7 @@ mod tests {
         let cfg = WriterConfig {
             max_batch: 4,
             lanes: 3,
+            contiguous: true,
             ..cfg()
         };
         let (handle, threads) = spawn(store.clone(), cfg, move |owner, reports| {

@@ -633,3 +633,95 @@ impl Drop for Mongo {
         self.kill();
     }
 }
+
+/// A Redis server as a child process, without persistence: a restart loses
+/// every key, the worst case for cluster mode.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Start one, or None (with a note on stderr) when `redis-server` is not
+    /// installed; scripts/test.sh installs it.
+    pub fn start() -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            eprintln!(
+                "SKIPPED: redis-server is not installed; run scripts/test.sh, which installs it"
+            );
+            return None;
+        }
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_until("redis-server accepts connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: an outage that loses every key.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every stored message of a room, oldest first, by paging `history`.
+pub async fn all_history(c: &mut Client, room: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let id = format!("all-{}-{}-{}", room, before.unwrap_or(0), rand_suffix());
+        let mut req = json!({"type": "history", "room": room, "limit": 100, "id": id});
+        if let Some(b) = before {
+            req["before"] = b.into();
+        }
+        c.send(req).await;
+        let page = c.reply(&id).await;
+        assert_eq!(page["type"], "history", "{page}");
+        let got = page["messages"].as_array().unwrap().clone();
+        let last = got.last().and_then(|m| m["seq"].as_u64());
+        out.extend(got);
+        match (page["has_more"].as_bool(), last) {
+            (Some(true), Some(last)) => before = Some(last),
+            _ => break,
+        }
+    }
+    out.reverse();
+    out
+}

@@ -1,0 +1,479 @@
+//! The Redis side of cluster mode: a thread that drains the shards' command
+//! queue into pipelines, a subscriber whose pushes go straight to the owner
+//! shards' inboxes, and a supervisor that keeps both connected.
+//!
+//! Both connections are `redis` connection managers on the tokio side
+//! runtime (RESP3, so that pub/sub pushes share the connection). The
+//! driver's own resubscription covers a short blip; a longer outage leaves
+//! it without a subscription and nothing to tell, so the supervisor pings
+//! every second and, whenever the connection was lost, resubscribes every
+//! topic this node holds and asks the shards to resync.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+
+use super::{scripts, wire, Cluster, Cmd, Remote, Status, Topic};
+use crate::shard::{ShardMsg, Shared};
+
+/// Commands taken off the queue into one pipeline.
+const MAX_PIPELINE: usize = 1024;
+
+/// How often the supervisor pings and the heartbeat is refreshed.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Settings of the link.
+pub struct LinkConfig {
+    pub url: String,
+    /// How long a node's presence outlives its last heartbeat.
+    pub node_ttl: Duration,
+}
+
+/// Topics this node listens on, with the number of local interests, and the
+/// shard to tell when a room's subscription becomes active.
+type Topics = Arc<Mutex<HashMap<Topic, (u32, usize)>>>;
+
+/// Connect (lazily: a Redis that is down at start is retried like any
+/// outage) and start the command thread and the supervisor.
+pub fn start(
+    cfg: LinkConfig,
+    cluster: &Cluster,
+    cmds: Receiver<Cmd>,
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<JoinHandle<()>> {
+    let url = resp3(&cfg.url);
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| anyhow::anyhow!("--redis-url is not a Redis URL: {e}"))?;
+    let status = cluster.status.clone();
+    let lost = Arc::new(tokio::sync::Notify::new());
+
+    let manager = |push: Option<Router>| {
+        let mut c = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        if let Some(push) = push {
+            c = c.set_push_sender(push).set_automatic_resubscription();
+        }
+        let _guard = rt.enter();
+        ConnectionManager::new_lazy_with_config(client.clone(), c)
+    };
+    let router = Router {
+        shared: shared.clone(),
+        status: status.clone(),
+        lost: lost.clone(),
+    };
+    let sub = manager(Some(router))?;
+    let con = manager(None)?;
+
+    let topics: Topics = Arc::default();
+    let supervisor = Supervisor {
+        sub: sub.clone(),
+        con: con.clone(),
+        topics: topics.clone(),
+        shared: shared.clone(),
+        status: status.clone(),
+        lost,
+        node: cluster.node.clone(),
+        ttl: cfg.node_ttl,
+    };
+    rt.spawn(supervisor.run());
+
+    let worker = Commands {
+        sub,
+        con,
+        topics,
+        shared,
+        status,
+    };
+    let thread = std::thread::Builder::new()
+        .name("hubbub-cluster".into())
+        .spawn(move || worker.run(cmds, rt))?;
+    Ok(thread)
+}
+
+/// Ask for RESP3 unless the URL chose a protocol: pushes need it.
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}protocol=resp3")
+}
+
+/// Delivers pushes from Redis to the owner shards without blocking the
+/// connection's reader.
+struct Router {
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    lost: Arc<tokio::sync::Notify>,
+}
+
+impl redis::aio::AsyncPushSender for Router {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match info.kind {
+            PushKind::Message => {
+                let mut data = info.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    return Ok(());
+                };
+                if wire::topic(&channel).is_none() {
+                    return Ok(());
+                }
+                match wire::decode(Bytes::from(payload)) {
+                    Some(Remote::UserTyping { to, json }) => {
+                        let frame = crate::ws::encode(crate::ws::OpCode::Text, &json);
+                        for shard in 0..self.shared.mailboxes.len() {
+                            let msg = ShardMsg::DeliverUsers {
+                                users: vec![to.clone()],
+                                frame: frame.clone(),
+                                skip: None,
+                            };
+                            self.shared.send(shard, msg);
+                        }
+                    }
+                    Some(remote) => {
+                        self.status.received.fetch_add(1, Ordering::Relaxed);
+                        let owner = self.shared.owner(remote.room());
+                        self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+                    }
+                    None => tracing::debug!("malformed cluster payload dropped"),
+                }
+            }
+            PushKind::Disconnection => {
+                if self.status.up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("lost the Redis connection; reconnecting");
+                }
+                self.lost.notify_one();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the node connected, registered and resubscribed.
+struct Supervisor {
+    sub: ConnectionManager,
+    con: ConnectionManager,
+    topics: Topics,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    lost: Arc<tokio::sync::Notify>,
+    node: Arc<str>,
+    ttl: Duration,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut synced = false;
+        loop {
+            // A lost connection wakes us at once; otherwise once a tick.
+            tokio::select! {
+                _ = self.lost.notified() => synced = false,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !self.status.up.load(Ordering::Relaxed) {
+                synced = false;
+            }
+            match self.tick(synced).await {
+                Ok(()) => {
+                    if !synced {
+                        synced = true;
+                        self.status.up.store(true, Ordering::Relaxed);
+                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(node = %self.node, "connected to Redis; shards resyncing");
+                        for shard in 0..self.shared.mailboxes.len() {
+                            self.shared.send(shard, ShardMsg::Resync);
+                        }
+                    }
+                }
+                Err(e) => {
+                    crate::metrics::get()
+                        .backend_errors
+                        .with_label_values(&["redis"])
+                        .inc();
+                    if self.status.up.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(err = %e, "Redis unreachable; retrying");
+                    }
+                    synced = false;
+                }
+            }
+        }
+    }
+
+    /// Ping both connections, resubscribe when not `synced`, refresh the
+    /// heartbeat and reap dead nodes.
+    async fn tick(&mut self, synced: bool) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<()>(&mut self.sub).await?;
+        if !synced {
+            let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
+            for topic in &topics {
+                self.sub.subscribe(wire::channel(topic)).await?;
+            }
+            tracing::debug!(topics = topics.len(), "resubscribed");
+        }
+
+        let ttl = self.ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(wire::key("node:", &self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(wire::key("nodes", ""))
+            .arg(&*self.node)
+            .ignore();
+        pipe.cmd("EVAL")
+            .arg(scripts::REAP)
+            .arg(1)
+            .arg(wire::key("nodes", ""))
+            .arg(wire::PREFIX);
+        let (reaped,): (u64,) = pipe.query_async(&mut self.con).await?;
+        if reaped > 0 {
+            tracing::info!(
+                reaped,
+                "removed the presence of nodes that stopped heartbeating"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Drains the shards' commands into pipelines.
+struct Commands {
+    sub: ConnectionManager,
+    con: ConnectionManager,
+    topics: Topics,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+}
+
+/// What a pipeline entry was, to route its answer.
+enum Sent {
+    Reserve {
+        room: Arc<str>,
+        count: u32,
+        owner: usize,
+    },
+    Members {
+        room: Arc<str>,
+        owner: usize,
+    },
+    Other,
+}
+
+impl Commands {
+    fn run(mut self, cmds: Receiver<Cmd>, rt: tokio::runtime::Handle) {
+        let node = self.shared.cluster.as_ref().map(|c| c.node.clone());
+        let node = node.expect("the link runs only in cluster mode");
+        let mut batch = Vec::with_capacity(MAX_PIPELINE);
+        while let Ok(first) = cmds.recv() {
+            batch.push(first);
+            while batch.len() < MAX_PIPELINE {
+                match cmds.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            rt.block_on(self.run_batch(&node, &mut batch));
+        }
+        tracing::debug!("cluster link stopped");
+    }
+
+    async fn run_batch(&mut self, node: &str, batch: &mut Vec<Cmd>) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::with_capacity(batch.len());
+        for cmd in batch.drain(..) {
+            match cmd {
+                Cmd::Reserve {
+                    room,
+                    count,
+                    floor,
+                    owner,
+                } => {
+                    pipe.cmd("EVAL")
+                        .arg(scripts::RESERVE)
+                        .arg(1)
+                        .arg(wire::key("seq:", &room))
+                        .arg(count)
+                        .arg(floor);
+                    sent.push(Sent::Reserve { room, count, owner });
+                }
+                Cmd::Publish { topics, payload } => {
+                    for topic in &topics {
+                        pipe.cmd("PUBLISH")
+                            .arg(wire::channel(topic))
+                            .arg(&payload[..]);
+                        sent.push(Sent::Other);
+                    }
+                    self.status.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Cmd::PresenceJoin { room, user } => {
+                    presence(&mut pipe, node, &room, &user, true);
+                    sent.push(Sent::Other);
+                }
+                Cmd::PresenceLeave { room, user } => {
+                    presence(&mut pipe, node, &room, &user, false);
+                    sent.push(Sent::Other);
+                }
+                Cmd::Members { room, owner } => {
+                    pipe.cmd("HVALS").arg(wire::key("p:", &room));
+                    sent.push(Sent::Members { room, owner });
+                }
+                Cmd::Subscribe(topic, owner) => self.subscribe(topic, owner).await,
+                Cmd::Unsubscribe(topic) => self.unsubscribe(topic).await,
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+
+        let answers = pipe.query_async::<Vec<Value>>(&mut self.con).await;
+        let answers = match answers {
+            Ok(a) if a.len() == sent.len() => a,
+            Ok(_) | Err(_) => {
+                if let Err(e) = &answers {
+                    tracing::debug!(err = %e, "Redis pipeline failed");
+                }
+                // Nothing reserved; the supervisor resyncs the rest.
+                self.status.up.store(false, Ordering::Relaxed);
+                vec![Value::Nil; sent.len()]
+            }
+        };
+        for (what, answer) in sent.into_iter().zip(answers) {
+            match what {
+                Sent::Reserve { room, count, owner } => {
+                    let first = match answer {
+                        Value::Int(n) if n > 0 => Some(n as u64),
+                        _ => None,
+                    };
+                    let msg = ShardMsg::Reserved { room, first, count };
+                    self.shared.send(owner, msg);
+                }
+                Sent::Members { room, owner } => {
+                    let (Value::Array(rows) | Value::Set(rows)) = answer else {
+                        continue;
+                    };
+                    let users = rows
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::BulkString(b) => wire::parse_user(&b).map(Arc::new),
+                            _ => None,
+                        })
+                        .collect();
+                    let remote = Remote::Members { room, users };
+                    self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+                }
+                Sent::Other => {}
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, topic: Topic, owner: usize) {
+        let first = {
+            let mut topics = self.topics.lock().unwrap();
+            let entry = topics.entry(topic.clone()).or_insert((0, owner));
+            entry.0 += 1;
+            entry.0 == 1
+        };
+        if first {
+            // On failure the topic stays in the set: the supervisor
+            // subscribes it once Redis answers, and the owner resyncs then.
+            if let Err(e) = self.sub.subscribe(wire::channel(&topic)).await {
+                tracing::debug!(err = %e, "subscribe failed; retried after reconnect");
+                self.status.up.store(false, Ordering::Relaxed);
+                return;
+            }
+            self.status.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Topic::Room(room) = topic {
+            let remote = Remote::Subscribed { room };
+            self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+        }
+    }
+
+    async fn unsubscribe(&mut self, topic: Topic) {
+        let last = {
+            let mut topics = self.topics.lock().unwrap();
+            match topics.get_mut(&topic) {
+                Some(entry) if entry.0 > 1 => {
+                    entry.0 -= 1;
+                    false
+                }
+                Some(_) => {
+                    topics.remove(&topic);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.status.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            let _ = self.sub.unsubscribe(wire::channel(&topic)).await;
+        }
+    }
+}
+
+/// On shutdown: drop this node's heartbeat and reap it at once, so that its
+/// users' leaves are published now rather than after `--node-ttl`.
+pub fn goodbye(url: &str, node: &str, rt: &tokio::runtime::Handle) {
+    let Ok(client) = redis::Client::open(resp3(url).as_str()) else {
+        return;
+    };
+    let done = rt.block_on(async {
+        let bye = async {
+            let mut con = client.get_multiplexed_async_connection().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(wire::key("node:", node)).ignore();
+            pipe.cmd("EVAL")
+                .arg(scripts::REAP)
+                .arg(1)
+                .arg(wire::key("nodes", ""))
+                .arg(wire::PREFIX)
+                .ignore();
+            pipe.query_async::<()>(&mut con).await
+        };
+        tokio::time::timeout(Duration::from_secs(2), bye).await
+    });
+    if !matches!(done, Ok(Ok(()))) {
+        tracing::warn!(node, "could not remove this node's presence from Redis");
+    }
+}
+
+/// Queue a presence script for one user in one room on this node.
+fn presence(
+    pipe: &mut redis::Pipeline,
+    node: &str,
+    room: &str,
+    user: &crate::auth::User,
+    on: bool,
+) {
+    let json = crate::protocol::user_json(user);
+    pipe.cmd("EVAL")
+        .arg(if on { scripts::JOIN } else { scripts::LEAVE })
+        .arg(4)
+        .arg(wire::key("p:", room))
+        .arg(wire::presence_nodes_key(room, &user.id))
+        .arg(wire::key("nm:", node))
+        .arg(wire::channel(&Topic::Room(room.into())))
+        .arg(node)
+        .arg(&*user.id)
+        .arg(&json[..])
+        .arg(wire::membership(room, &user.id))
+        .arg(wire::presence(on, room, &json));
+}
