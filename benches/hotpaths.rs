@@ -66,7 +66,9 @@ fn content(len: usize) -> String {
 /// A `message` request as a client sends it.
 fn message_request(content: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 80);
-    out.extend_from_slice(br#"{"type":"message","id":"m-000123","room":"bench-class-07","content":"#);
+    out.extend_from_slice(
+        br#"{"type":"message","id":"m-000123","room":"bench-class-07","content":"#,
+    );
     protocol::push_str(&mut out, content);
     out.push(b'}');
     out
@@ -82,8 +84,14 @@ fn parse_inputs() -> Vec<(&'static str, Vec<u8>)> {
             "message_escaped",
             message_request("he said \"hi\"\nand then\tleft — à bientôt, 😀 <b>bold</b> & more"),
         ),
-        ("join", br#"{"type":"join","id":"j-1","room":"bench-class-07","since":1234}"#.to_vec()),
-        ("typing", br#"{"type":"typing","room":"bench-class-07","state":true}"#.to_vec()),
+        (
+            "join",
+            br#"{"type":"join","id":"j-1","room":"bench-class-07","since":1234}"#.to_vec(),
+        ),
+        (
+            "typing",
+            br#"{"type":"typing","room":"bench-class-07","state":true}"#.to_vec(),
+        ),
     ]
 }
 
@@ -135,7 +143,10 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 
 fn bench_ws_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("ws_decode");
-    for (name, json) in [("message_64B", message_request(&content(64))), ("message_1KiB", message_request(&content(1024)))] {
+    for (name, json) in [
+        ("message_64B", message_request(&content(64))),
+        ("message_1KiB", message_request(&content(1024))),
+    ] {
         let wire = masked_text_frame(&json);
         g.throughput(Throughput::Bytes(wire.len() as u64));
         let mut decoder = Decoder::new(64 * 1024, 4096 + 1024);
@@ -216,12 +227,21 @@ fn bench_sanitize(c: &mut Criterion) {
     let inputs = [
         ("plain_64B", content(64)),
         ("plain_1KiB", content(1024)),
-        ("markup", "<b>look</b> at this: a < b && c > d, \"quoted\" it's /here/\r\n".repeat(4)),
+        (
+            "markup",
+            "<b>look</b> at this: a < b && c > d, \"quoted\" it's /here/\r\n".repeat(4),
+        ),
     ];
     for (name, text) in inputs {
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function(BenchmarkId::new("escape", name), |b| {
-            b.iter(|| black_box(hubbub::content::sanitize(black_box(&text), ContentPolicy::Escape, 4096)))
+            b.iter(|| {
+                black_box(hubbub::content::sanitize(
+                    black_box(&text),
+                    ContentPolicy::Escape,
+                    4096,
+                ))
+            })
         });
     }
     g.finish();
@@ -252,30 +272,40 @@ fn bench_encode(c: &mut Criterion) {
     let u = user();
     for len in [64usize, 1024] {
         let text = content(len);
-        g.bench_function(BenchmarkId::new("message_json", format!("{len}B_content")), |b| {
-            let mut seq = 0u64;
-            b.iter(|| {
-                seq += 1;
-                black_box(protocol::posted(
-                    &Posted::Room("bench-class-07"),
-                    seq,
-                    1_767_225_600_123,
-                    &u,
-                    black_box(&text),
-                    Some("m-000123"),
-                ))
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new("message_json", format!("{len}B_content")),
+            |b| {
+                let mut seq = 0u64;
+                b.iter(|| {
+                    seq += 1;
+                    black_box(protocol::posted(
+                        &Posted::Room("bench-class-07"),
+                        seq,
+                        1_767_225_600_123,
+                        &u,
+                        black_box(&text),
+                        Some("m-000123"),
+                    ))
+                })
+            },
+        );
     }
     g.finish();
 
     let mut g = c.benchmark_group("ws_encode");
     // 125 and below: 2-byte header; up to 64 KiB: 4 bytes; above: 10 bytes.
-    let sizes = [("64B", 64usize), ("posted_64B", posted_json(1, 64).len()), ("4KiB", 4096), ("70KiB", 70 * 1024)];
+    let sizes = [
+        ("64B", 64usize),
+        ("posted_64B", posted_json(1, 64).len()),
+        ("4KiB", 4096),
+        ("70KiB", 70 * 1024),
+    ];
     for (name, size) in sizes {
         let payload = vec![b'x'; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_function(name, |b| b.iter(|| black_box(ws::encode(OpCode::Text, black_box(&payload)))));
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(ws::encode(OpCode::Text, black_box(&payload))))
+        });
     }
     g.finish();
 }
@@ -290,7 +320,10 @@ fn drain_and_park(outboxes: &[Rc<Outbox>], sink: &mut Vec<Bytes>) {
         // Takes what is queued (ready at once), then polls again on the
         // empty queue, which stores the (no-op) waker and stays pending.
         let _ = ob.take(sink).now_or_never();
-        assert!(ob.take(sink).now_or_never().is_none(), "outbox should be empty");
+        assert!(
+            ob.take(sink).now_or_never().is_none(),
+            "outbox should be empty"
+        );
         sink.clear();
     }
 }
@@ -338,7 +371,9 @@ fn bench_history(c: &mut Criterion) {
 
     // 20 rooms, as in a classroom run of 600 clients; seqs keep growing over
     // the whole bench so every append is a fresh key, as in the server.
-    let rooms: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("bench-class-{i:02}").as_str())).collect();
+    let rooms: Vec<Arc<str>> = (0..20)
+        .map(|i| Arc::from(format!("bench-class-{i:02}").as_str()))
+        .collect();
     let json = Bytes::from(posted_json(1, 64));
     let mut seqs = vec![0u64; rooms.len()];
     let mut next_batch = |n: usize| -> Vec<Record> {
@@ -346,7 +381,11 @@ fn bench_history(c: &mut Criterion) {
             .map(|i| {
                 let r = i % rooms.len();
                 seqs[r] += 1;
-                Record { room: rooms[r].clone(), seq: seqs[r], json: json.clone() }
+                Record {
+                    room: rooms[r].clone(),
+                    seq: seqs[r],
+                    json: json.clone(),
+                }
             })
             .collect()
     };
