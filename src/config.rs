@@ -329,8 +329,9 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_HISTORY_BATCH", global = true)]
     pub history_batch: Option<usize>,
 
-    /// Messages waiting for the history store before new ones are refused
-    /// with `unavailable` [default: 65536].
+    /// Messages waiting for the history store, per writer lane
+    /// (`--history-lanes`), before new ones are refused with `unavailable`
+    /// [default: 65536].
     #[arg(long, env = "HUBBUB_HISTORY_QUEUE", global = true)]
     pub history_queue: Option<usize>,
 
@@ -355,13 +356,14 @@ pub struct Options {
     pub node_id: Option<String>,
 
     /// Seconds a node's presence outlives its last heartbeat to Redis: how
-    /// long the users of a node that died stay listed [default: 10].
+    /// long the users of a node that died stay listed (at least 2)
+    /// [default: 10].
     #[arg(long, env = "HUBBUB_NODE_TTL", global = true)]
     pub node_ttl: Option<u64>,
 
     /// Milliseconds a message from another node waits for a missing
-    /// predecessor before the gap is read from the history store
-    /// [default: 2000].
+    /// predecessor before the gap is read from the history store (at least
+    /// 10) [default: 2000].
     #[arg(long, env = "HUBBUB_CLUSTER_GAP_WAIT_MS", global = true)]
     pub cluster_gap_wait_ms: Option<u64>,
 

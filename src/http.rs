@@ -509,6 +509,7 @@ fn cluster_health(shared: &crate::shard::Shared) -> serde_json::Value {
         "received": s.received.load(Ordering::Relaxed),
         "gap_fills": s.gap_fills.load(Ordering::Relaxed),
         "skipped": s.skipped.load(Ordering::Relaxed),
+        "refused": s.refused.load(Ordering::Relaxed),
     })
 }
 

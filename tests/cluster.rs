@@ -253,6 +253,20 @@ async fn dms_and_presence_cross_nodes_and_a_killed_node_drops_its_users() {
     carl.join(room).await;
     ana.next_where("carl online", online("carl", "online"))
         .await;
+
+    // A node that stalls past the TTL is taken for dead; when it wakes, it
+    // notices and registers its users again.
+    unsafe { libc::kill(n3.pid(), libc::SIGSTOP) };
+    ana.next_where(
+        "carl offline while his node stalls",
+        online("carl", "offline"),
+    )
+    .await;
+    unsafe { libc::kill(n3.pid(), libc::SIGCONT) };
+    ana.next_where("carl online once it wakes", online("carl", "online"))
+        .await;
+    await_members(&mut ana, room, &["ana", "carl"]).await;
+
     let said = carl.post(room, "c1", "before the crash").await;
     n3.kill();
     ana.next_where(
@@ -305,13 +319,18 @@ async fn a_redis_restart_mid_stream_loses_nothing_and_resumes_without_gaps() {
     sender.join(room).await;
     let mut reader = n2.connect("rita").await;
     reader.join(room).await;
-    await_members(&mut reader, room, &["rita", "sam"]).await;
+    let mut bob = n2.connect("bob").await;
+    bob.join(room).await;
+    await_members(&mut sender, room, &["bob", "rita", "sam"]).await;
 
     let (mut acked, _) = post_many(&mut sender, room, 0, 20).await;
 
     // Redis dies, and with it every key: counters, presence, subscriptions.
     backends.redis.kill();
     wait_until_ready(&n1, false);
+    // bob leaves while nobody can hear it.
+    bob.ws.close(None).await.ok();
+    drop(bob);
     let (during, unavailable) = post_many(&mut sender, room, 20, 3).await;
     assert!(
         during.is_empty(),
@@ -324,14 +343,29 @@ async fn a_redis_restart_mid_stream_loses_nothing_and_resumes_without_gaps() {
     wait_until_ready(&n2, true);
     let (after, _) = post_many(&mut sender, room, 23, 20).await;
     assert_eq!(after.len(), 20, "all acked once Redis is back");
-    acked.extend(after);
 
-    // Seqs continue above the old ones although Redis forgot its counter.
+    // Seqs continue above the old ones although Redis forgot its counter:
+    // 10,000 above, past anything another node might have had in flight.
+    let before = acked.last().unwrap().0;
+    assert!(
+        after[0].0 > before + 10_000,
+        "{} after {before}",
+        after[0].0
+    );
+    acked.extend(after);
     let s: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
     assert!(
         s.windows(2).all(|w| w[0] < w[1]),
         "seqs reused after the restart: {s:?}"
     );
+
+    // Presence converges: sam, on the other node, hears that bob left.
+    sender
+        .next_where("bob offline after the outage", |v| {
+            v["type"] == "presence" && v["user"]["id"] == "bob" && v["status"] == "offline"
+        })
+        .await;
+    await_members(&mut sender, room, &["rita", "sam"]).await;
 
     // The reader on the other node saw every acked message once, in order.
     let live = reader.messages(room, acked.len()).await;

@@ -60,7 +60,9 @@ impl Scenario {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Common options")]
 pub struct Common {
-    /// Full WebSocket URL of the chat endpoint, path included (ws:// only).
+    /// Full WebSocket URL of the chat endpoint, path included (ws:// only). Several URLs,
+    /// separated by commas, spread the clients over them in turn: client i connects to URL
+    /// i mod N, so the rooms of a scenario span every node of a cluster.
     #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat")]
     pub url: String,
 

@@ -27,10 +27,9 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where and how to connect; shared by every connection of a run.
 pub struct Dialer {
-    /// Resolved server address.
-    pub addr: SocketAddr,
-    /// The `--url` with the separator for one more query parameter appended.
-    pub url_prefix: String,
+    /// Each `--url`: its resolved address, and the URL with the separator for one more query
+    /// parameter appended. Connection `i` goes to target `i % len`.
+    pub targets: Vec<(SocketAddr, String)>,
     /// Source addresses to spread over (127.0.0.1 ..= 127.0.0.N).
     pub source_ips: u8,
     pub connect_timeout: Duration,
@@ -132,7 +131,8 @@ impl Dialer {
     }
 
     async fn dial(&self, s: &Session) -> Result<WebSocketStream<TcpStream>, String> {
-        let socket = match self.addr {
+        let (addr, url_prefix) = &self.targets[s.index as usize % self.targets.len()];
+        let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
@@ -146,10 +146,10 @@ impl Dialer {
             let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), 0);
             socket.bind(src).map_err(|e| io_cause(&e))?;
         }
-        let stream = socket.connect(self.addr).await.map_err(|e| io_cause(&e))?;
+        let stream = socket.connect(*addr).await.map_err(|e| io_cause(&e))?;
         stream.set_nodelay(true).map_err(|e| io_cause(&e))?;
 
-        let url = format!("{}token={}", self.url_prefix, s.token);
+        let url = format!("{url_prefix}token={}", s.token);
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0);

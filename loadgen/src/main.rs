@@ -57,7 +57,11 @@ fn main() {
 fn start() -> Result<()> {
     let cli = Cli::parse();
     let common = cli.scenario.common();
-    let (addr, url_prefix) = target(common)?;
+    let targets = common
+        .url
+        .split(',')
+        .map(|url| target(common, url.trim()))
+        .collect::<Result<Vec<_>>>()?;
     raise_fd_limit(common.clients);
 
     let threads = usize::from(common.threads);
@@ -71,10 +75,10 @@ fn start() -> Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(run(&cli.scenario, addr, url_prefix))
+    runtime.block_on(run(&cli.scenario, targets))
 }
 
-async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Result<()> {
+async fn run(scenario: &Scenario, targets: Vec<(SocketAddr, String)>) -> Result<()> {
     let common = scenario.common();
     let tag = common
         .tag
@@ -91,8 +95,7 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
 
     let ctx = Arc::new(Ctx {
         dialer: Dialer {
-            addr,
-            url_prefix,
+            targets,
             source_ips: common.source_ips,
             connect_timeout: common.connect_timeout,
         },
@@ -143,12 +146,9 @@ async fn run(scenario: &Scenario, addr: SocketAddr, url_prefix: String) -> Resul
     Ok(())
 }
 
-/// Resolves `--url` to an address and the prefix the token is appended to.
-fn target(common: &Common) -> Result<(SocketAddr, String)> {
-    let uri: Uri = common
-        .url
-        .parse()
-        .with_context(|| format!("--url {}", common.url))?;
+/// Resolves one `--url` to an address and the prefix the token is appended to.
+fn target(common: &Common, url: &str) -> Result<(SocketAddr, String)> {
+    let uri: Uri = url.parse().with_context(|| format!("--url {url}"))?;
     if uri.scheme_str() != Some("ws") {
         bail!("--url must start with ws:// (the generator speaks plain WebSocket only)");
     }
@@ -168,8 +168,8 @@ fn target(common: &Common) -> Result<(SocketAddr, String)> {
         bail!("--source-ips needs an IPv4 server address");
     }
 
-    let sep = if common.url.contains('?') { '&' } else { '?' };
-    Ok((addr, format!("{}{sep}", common.url)))
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok((addr, format!("{url}{sep}")))
 }
 
 fn is_loopback_v4(addr: &SocketAddr) -> bool {

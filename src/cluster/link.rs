@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,6 +26,11 @@ use crate::shard::{ShardMsg, Shared};
 /// Commands taken off the queue into one pipeline.
 const MAX_PIPELINE: usize = 1024;
 
+/// How far above the highest known seq a counter that Redis lost resumes:
+/// more than one room can have reserved and not yet stored across the
+/// cluster (see `scripts::RESERVE`).
+const LOST_COUNTER_JUMP: u64 = 10_000;
+
 /// How often the supervisor pings and the heartbeat is refreshed.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -36,9 +41,23 @@ pub struct LinkConfig {
     pub node_ttl: Duration,
 }
 
-/// Topics this node listens on, with the number of local interests, and the
-/// shard to tell when a room's subscription becomes active.
-type Topics = Arc<Mutex<HashMap<Topic, (u32, usize)>>>;
+/// Topics this node listens on.
+type Topics = Arc<Mutex<HashMap<Topic, Interest>>>;
+
+struct Interest {
+    /// Local interests (owner shards, or shards with the user's connections).
+    count: u32,
+    /// Subscribed in Redis (counted in `Status::subscriptions`).
+    active: bool,
+}
+
+/// This node's presence as its shards last declared it: room → user id →
+/// user JSON. What Redis is made to agree with after an outage, during
+/// which presence commands were lost.
+type Presence = Arc<Mutex<HashMap<Arc<str>, HashMap<Arc<str>, Vec<u8>>>>>;
+
+static SYNC: LazyLock<String> = LazyLock::new(scripts::sync);
+static REAP: LazyLock<String> = LazyLock::new(scripts::reap);
 
 /// Connect (lazily: a Redis that is down at start is retried like any
 /// outage) and start the command thread and the supervisor.
@@ -76,10 +95,12 @@ pub fn start(
     let con = manager(None)?;
 
     let topics: Topics = Arc::default();
+    let presence: Presence = Arc::default();
     let supervisor = Supervisor {
         sub: sub.clone(),
         con: con.clone(),
         topics: topics.clone(),
+        presence: presence.clone(),
         shared: shared.clone(),
         status: status.clone(),
         lost,
@@ -92,6 +113,7 @@ pub fn start(
         sub,
         con,
         topics,
+        presence,
         shared,
         status,
     };
@@ -168,6 +190,7 @@ struct Supervisor {
     sub: ConnectionManager,
     con: ConnectionManager,
     topics: Topics,
+    presence: Presence,
     shared: Arc<Shared>,
     status: Arc<Status>,
     lost: Arc<tokio::sync::Notify>,
@@ -178,6 +201,7 @@ struct Supervisor {
 impl Supervisor {
     async fn run(mut self) {
         let mut synced = false;
+        let mut started = false;
         loop {
             // A lost connection wakes us at once; otherwise once a tick.
             tokio::select! {
@@ -187,8 +211,21 @@ impl Supervisor {
             if !self.status.up.load(Ordering::Relaxed) {
                 synced = false;
             }
+            // A node restarted under the same --node-id must not keep the
+            // memberships of its previous life: reap them once, first.
+            if !started {
+                match self.forget_previous_life().await {
+                    Ok(()) => started = true,
+                    Err(_) => continue,
+                }
+            }
             match self.tick(synced).await {
-                Ok(()) => {
+                Ok(false) => {
+                    let node = &self.node;
+                    tracing::warn!(%node, "this node was reaped as dead; re-registering");
+                    synced = false;
+                }
+                Ok(true) => {
                     if !synced {
                         synced = true;
                         self.status.up.store(true, Ordering::Relaxed);
@@ -213,16 +250,39 @@ impl Supervisor {
         }
     }
 
-    /// Ping both connections, resubscribe when not `synced`, refresh the
-    /// heartbeat and reap dead nodes.
-    async fn tick(&mut self, synced: bool) -> redis::RedisResult<()> {
+    async fn forget_previous_life(&mut self) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(wire::key("node:", &self.node)).ignore();
+        pipe.cmd("EVAL")
+            .arg(&*REAP)
+            .arg(1)
+            .arg(wire::key("nodes", ""))
+            .arg(wire::PREFIX)
+            .ignore();
+        pipe.query_async::<()>(&mut self.con).await
+    }
+
+    /// Ping both connections; when not `synced`, resubscribe and make
+    /// Redis's presence agree with this node's; refresh the heartbeat and
+    /// reap dead nodes. False when this node was found reaped although
+    /// synced (it stalled past --node-ttl): it must sync again.
+    async fn tick(&mut self, synced: bool) -> redis::RedisResult<bool> {
         redis::cmd("PING").query_async::<()>(&mut self.sub).await?;
         if !synced {
             let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
             for topic in &topics {
                 self.sub.subscribe(wire::channel(topic)).await?;
             }
-            tracing::debug!(topics = topics.len(), "resubscribed");
+            {
+                let mut topics = self.topics.lock().unwrap();
+                let mut active = 0;
+                for interest in topics.values_mut() {
+                    interest.active = true;
+                    active += 1;
+                }
+                self.status.subscriptions.store(active, Ordering::Relaxed);
+            }
+            self.sync_presence().await?;
         }
 
         let ttl = self.ttl.as_millis() as u64;
@@ -235,20 +295,56 @@ impl Supervisor {
             .ignore();
         pipe.cmd("SADD")
             .arg(wire::key("nodes", ""))
-            .arg(&*self.node)
-            .ignore();
+            .arg(&*self.node);
         pipe.cmd("EVAL")
-            .arg(scripts::REAP)
+            .arg(&*REAP)
             .arg(1)
             .arg(wire::key("nodes", ""))
             .arg(wire::PREFIX);
-        let (reaped,): (u64,) = pipe.query_async(&mut self.con).await?;
+        let (added, reaped): (u64, u64) = pipe.query_async(&mut self.con).await?;
         if reaped > 0 {
             tracing::info!(
                 reaped,
                 "removed the presence of nodes that stopped heartbeating"
             );
         }
+        Ok(!(synced && added == 1))
+    }
+
+    /// Every room where this node has members now, or had according to
+    /// Redis: one SYNC script each.
+    async fn sync_presence(&mut self) -> redis::RedisResult<()> {
+        let known: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(wire::key("nr:", &self.node))
+            .query_async(&mut self.con)
+            .await?;
+        let mut pipe = redis::pipe();
+        let mut rooms = 0;
+        {
+            let presence = self.presence.lock().unwrap();
+            let stale = known
+                .iter()
+                .filter_map(|r| std::str::from_utf8(r).ok())
+                .filter(|r| !presence.contains_key(*r));
+            let empty = HashMap::new();
+            let all = presence
+                .iter()
+                .map(|(room, users)| (&**room, users))
+                .chain(stale.map(|room| (room, &empty)));
+            for (room, users) in all {
+                let cmd = pipe.cmd("EVAL").arg(&*SYNC).arg(0);
+                cmd.arg(wire::PREFIX).arg(&*self.node).arg(room);
+                for (id, json) in users {
+                    cmd.arg(&**id).arg(&json[..]);
+                }
+                cmd.ignore();
+                rooms += 1;
+            }
+        }
+        if rooms > 0 {
+            pipe.query_async::<()>(&mut self.con).await?;
+        }
+        tracing::debug!(rooms, "presence synced");
         Ok(())
     }
 }
@@ -258,6 +354,7 @@ struct Commands {
     sub: ConnectionManager,
     con: ConnectionManager,
     topics: Topics,
+    presence: Presence,
     shared: Arc<Shared>,
     status: Arc<Status>,
 }
@@ -272,7 +369,9 @@ enum Sent {
     Members {
         room: Arc<str>,
         owner: usize,
+        full: bool,
     },
+    Publish,
     Other,
 }
 
@@ -311,7 +410,8 @@ impl Commands {
                         .arg(1)
                         .arg(wire::key("seq:", &room))
                         .arg(count)
-                        .arg(floor);
+                        .arg(floor)
+                        .arg(LOST_COUNTER_JUMP);
                     sent.push(Sent::Reserve { room, count, owner });
                 }
                 Cmd::Publish { topics, payload } => {
@@ -319,21 +419,30 @@ impl Commands {
                         pipe.cmd("PUBLISH")
                             .arg(wire::channel(topic))
                             .arg(&payload[..]);
-                        sent.push(Sent::Other);
+                        sent.push(Sent::Publish);
                     }
-                    self.status.published.fetch_add(1, Ordering::Relaxed);
                 }
                 Cmd::PresenceJoin { room, user } => {
-                    presence(&mut pipe, node, &room, &user, true);
+                    let json = presence(&mut pipe, node, &room, &user, true);
+                    let mut declared = self.presence.lock().unwrap();
+                    let users = declared.entry(room).or_default();
+                    users.insert(user.id.clone(), json);
                     sent.push(Sent::Other);
                 }
                 Cmd::PresenceLeave { room, user } => {
                     presence(&mut pipe, node, &room, &user, false);
+                    let mut declared = self.presence.lock().unwrap();
+                    if let Some(users) = declared.get_mut(&room) {
+                        users.remove(&user.id);
+                        if users.is_empty() {
+                            declared.remove(&room);
+                        }
+                    }
                     sent.push(Sent::Other);
                 }
-                Cmd::Members { room, owner } => {
+                Cmd::Members { room, owner, full } => {
                     pipe.cmd("HVALS").arg(wire::key("p:", &room));
-                    sent.push(Sent::Members { room, owner });
+                    sent.push(Sent::Members { room, owner, full });
                 }
                 Cmd::Subscribe(topic, owner) => self.subscribe(topic, owner).await,
                 Cmd::Unsubscribe(topic) => self.unsubscribe(topic).await,
@@ -365,7 +474,7 @@ impl Commands {
                     let msg = ShardMsg::Reserved { room, first, count };
                     self.shared.send(owner, msg);
                 }
-                Sent::Members { room, owner } => {
+                Sent::Members { room, owner, full } => {
                     let (Value::Array(rows) | Value::Set(rows)) = answer else {
                         continue;
                     };
@@ -376,8 +485,13 @@ impl Commands {
                             _ => None,
                         })
                         .collect();
-                    let remote = Remote::Members { room, users };
+                    let remote = Remote::Members { room, users, full };
                     self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+                }
+                Sent::Publish => {
+                    if !matches!(answer, Value::ServerError(_) | Value::Nil) {
+                        self.status.published.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Sent::Other => {}
             }
@@ -387,9 +501,12 @@ impl Commands {
     async fn subscribe(&mut self, topic: Topic, owner: usize) {
         let first = {
             let mut topics = self.topics.lock().unwrap();
-            let entry = topics.entry(topic.clone()).or_insert((0, owner));
-            entry.0 += 1;
-            entry.0 == 1
+            let entry = topics.entry(topic.clone()).or_insert(Interest {
+                count: 0,
+                active: false,
+            });
+            entry.count += 1;
+            entry.count == 1
         };
         if first {
             // On failure the topic stays in the set: the supervisor
@@ -399,7 +516,12 @@ impl Commands {
                 self.status.up.store(false, Ordering::Relaxed);
                 return;
             }
-            self.status.subscriptions.fetch_add(1, Ordering::Relaxed);
+            if let Some(interest) = self.topics.lock().unwrap().get_mut(&topic) {
+                if !interest.active {
+                    interest.active = true;
+                    self.status.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         if let Topic::Room(room) = topic {
             let remote = Remote::Subscribed { room };
@@ -411,19 +533,18 @@ impl Commands {
         let last = {
             let mut topics = self.topics.lock().unwrap();
             match topics.get_mut(&topic) {
-                Some(entry) if entry.0 > 1 => {
-                    entry.0 -= 1;
-                    false
+                Some(entry) if entry.count > 1 => {
+                    entry.count -= 1;
+                    None
                 }
-                Some(_) => {
-                    topics.remove(&topic);
-                    true
-                }
-                None => false,
+                Some(_) => topics.remove(&topic).map(|i| i.active),
+                None => None,
             }
         };
-        if last {
-            self.status.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        if let Some(active) = last {
+            if active {
+                self.status.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
             let _ = self.sub.unsubscribe(wire::channel(&topic)).await;
         }
     }
@@ -441,7 +562,7 @@ pub fn goodbye(url: &str, node: &str, rt: &tokio::runtime::Handle) {
             let mut pipe = redis::pipe();
             pipe.cmd("DEL").arg(wire::key("node:", node)).ignore();
             pipe.cmd("EVAL")
-                .arg(scripts::REAP)
+                .arg(&*REAP)
                 .arg(1)
                 .arg(wire::key("nodes", ""))
                 .arg(wire::PREFIX)
@@ -455,25 +576,28 @@ pub fn goodbye(url: &str, node: &str, rt: &tokio::runtime::Handle) {
     }
 }
 
-/// Queue a presence script for one user in one room on this node.
+/// Queue a presence script for one user in one room on this node; returns
+/// the user's JSON.
 fn presence(
     pipe: &mut redis::Pipeline,
     node: &str,
     room: &str,
     user: &crate::auth::User,
     on: bool,
-) {
+) -> Vec<u8> {
     let json = crate::protocol::user_json(user);
     pipe.cmd("EVAL")
         .arg(if on { scripts::JOIN } else { scripts::LEAVE })
-        .arg(4)
+        .arg(5)
         .arg(wire::key("p:", room))
         .arg(wire::presence_nodes_key(room, &user.id))
-        .arg(wire::key("nm:", node))
+        .arg(wire::key("nr:", node))
+        .arg(wire::node_users_key(node, room))
         .arg(wire::channel(&Topic::Room(room.into())))
         .arg(node)
         .arg(&*user.id)
         .arg(&json[..])
-        .arg(wire::membership(room, &user.id))
+        .arg(room)
         .arg(wire::presence(on, room, &json));
+    json
 }

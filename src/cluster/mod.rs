@@ -34,13 +34,15 @@
 //!
 //! # Limits
 //!
-//! - One Redis server (or a primary with replicas behind Sentinel); Redis
-//!   Cluster is not supported, since the scripts touch keys of several rooms.
-//! - A Redis that restarts **without its data** resets the seq counters. A
-//!   counter is re-seeded from the highest seq the reserving node knows, so a
-//!   seq reserved by another node just before the restart and not yet
-//!   committed can be handed out again; the unique `(room, seq)` index then
-//!   keeps the first message and the second is reported stored. Run Redis
+//! - One Redis server at one address (a managed primary whose failover keeps
+//!   the address works); no Sentinel discovery, no TLS (`rediss://`), and no
+//!   Redis Cluster, since the scripts touch keys of several rooms.
+//! - A Redis that restarts **without its data** loses the seq counters. A
+//!   lost counter resumes 10,000 above the highest seq the reserving node
+//!   knows, so that seqs other nodes reserved before the restart and have
+//!   not stored yet are not handed out again; clients see a jump in `seq`.
+//!   More than 10,000 messages of one room in flight at that moment would
+//!   collide (the unique `(room, seq)` index keeps the first). Run Redis
 //!   with persistence (`appendonly yes`, as `docker-compose.yml` does).
 //! - Resend detection (`id`) is per node: a client that resends through
 //!   another node before the room reloads there may store the message twice,
@@ -85,6 +87,8 @@ pub struct Status {
     pub skipped: AtomicU64,
     /// Gaps filled from the history store.
     pub gap_fills: AtomicU64,
+    /// Messages answered `unavailable` because Redis gave them no seq.
+    pub refused: AtomicU64,
 }
 
 /// A channel a node listens on.
@@ -127,10 +131,11 @@ pub enum Cmd {
         user: Arc<User>,
     },
     /// Read the cluster's member list of `room`; answered to `owner` as
-    /// [`Remote::Members`].
+    /// [`Remote::Members`], with `full` passed on.
     Members {
         room: Arc<str>,
         owner: usize,
+        full: bool,
     },
 }
 
@@ -158,10 +163,13 @@ pub enum Remote {
         user: Arc<User>,
         online: bool,
     },
-    /// The cluster's member list of a room.
+    /// The cluster's member list of a room. Only `full` lists (after an
+    /// outage) remove members: a list read as a room is subscribed can be
+    /// older than a join event that overtook it.
     Members {
         room: Arc<str>,
         users: Vec<Arc<User>>,
+        full: bool,
     },
     /// The room's channel is subscribed: fill what was missed meanwhile.
     Subscribed { room: Arc<str> },

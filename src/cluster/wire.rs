@@ -58,13 +58,12 @@ pub fn presence_nodes_key(room: &str, user: &str) -> Vec<u8> {
     k
 }
 
-/// An entry of a node's membership set: `<room>\n<user>`.
-pub fn membership(room: &str, user: &str) -> Vec<u8> {
-    let mut m = Vec::with_capacity(room.len() + 1 + user.len());
-    m.extend_from_slice(room.as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(user.as_bytes());
-    m
+/// A node's members of a room: `hubbub:nu:<node>\n<room>`.
+pub fn node_users_key(node: &str, room: &str) -> Vec<u8> {
+    let mut k = key("nu:", node);
+    k.push(b'\n');
+    k.extend_from_slice(room.as_bytes());
+    k
 }
 
 pub fn message(room: &str, seq: u64, json: &[u8]) -> Bytes {

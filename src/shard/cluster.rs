@@ -12,7 +12,7 @@
 //! committed by two nodes at the same moment may show out of seq order
 //! (`history` returns them in order).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub(crate) struct Clustered {
     /// will never be stored).
     ahead: BTreeMap<u64, Entry>,
     /// Seqs given up on after a gap check; delivered late if they come.
-    skipped: HashSet<u64>,
+    skipped: BTreeSet<u64>,
     /// A gap check is scheduled.
     gap_check: bool,
     /// DMs: recently delivered seqs.
@@ -131,6 +131,10 @@ impl Shard {
             if let Some(key) = &key {
                 room.seen.remove(key);
             }
+            self.cluster()
+                .status
+                .refused
+                .fetch_add(1, Ordering::Relaxed);
             let err =
                 ClientError::new(Code::Unavailable, "cluster unavailable (Redis), not stored");
             self.reply(req.reply.take(), Err(err));
@@ -227,6 +231,8 @@ impl Shard {
     }
 
     fn refuse_awaiting(&self, room: &mut Room, batch: Vec<Awaiting>, why: &'static str) {
+        let refused = &self.cluster().status.refused;
+        refused.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let err = ClientError::new(Code::Unavailable, why);
         for waiting in batch {
             if let Some(key) = &waiting.key {
@@ -350,54 +356,71 @@ impl Shard {
             let c = room.cluster.as_mut()?;
             c.gap_check = false;
             let first_ahead = *c.ahead.keys().next()?;
-            Some((room.last_seq, first_ahead))
+            (first_ahead > room.last_seq + 1).then_some((room.last_seq, first_ahead))
         });
         let Some(Some((from, upto))) = span else {
             return;
         };
-        let limit = ((upto - from) as usize).min(FILL_BATCH);
+        let limit = ((upto - from - 1) as usize).min(FILL_BATCH);
         let read = self.shared.store.after(&id, from, limit);
         match read_now(read) {
-            Ok(rows) => self.fill_gap(&id, upto, rows),
+            Ok(rows) => self.fill_gap(&id, upto, limit, rows),
             Err(pending) => {
                 let me = self.clone();
                 monoio::spawn(async move {
                     let rows = pending.await;
-                    me.fill_gap(&id, upto, rows);
+                    me.fill_gap(&id, upto, limit, rows);
                 });
             }
         }
     }
 
-    /// Deliver the gap's rows found in the store; skip the seqs below `upto`
-    /// that are not there (reserved by a node that died before storing).
-    fn fill_gap(self: &Rc<Self>, id: &Arc<str>, upto: u64, rows: Result<Rows, StoreError>) {
+    /// Deliver the gap's rows found in the store, and skip the seqs the read
+    /// covered that are not there (reserved by a node that died before
+    /// storing, or lost with a Redis counter). A gap wider than one read is
+    /// worked through one read at a time.
+    fn fill_gap(
+        self: &Rc<Self>,
+        id: &Arc<str>,
+        upto: u64,
+        limit: usize,
+        rows: Result<Rows, StoreError>,
+    ) {
         let recheck = self.ready(id, |room| {
             match rows {
                 Ok(rows) => {
-                    let found = rows.len();
+                    // The store holds nothing else up to `covered`: a short
+                    // read saw the whole gap, a full one up to its last row.
+                    let covered = match rows.last() {
+                        Some((last, _)) if rows.len() >= limit => (*last).min(upto - 1),
+                        _ => upto - 1,
+                    };
+                    let c = room.cluster.as_mut().expect("cluster mode");
                     for (seq, json) in rows {
-                        if seq < upto && seq > room.last_seq {
+                        if seq <= covered && seq > room.last_seq {
                             let frame = encode(OpCode::Text, &json);
-                            let c = room.cluster.as_mut().expect("cluster mode");
                             c.ahead.entry(seq).or_insert(Some((frame, None)));
                         }
                     }
-                    self.drain_ahead(room, id);
-                    let missing = upto.saturating_sub(room.last_seq + 1);
-                    if missing > 0 && found < FILL_BATCH {
-                        let c = room.cluster.as_mut().expect("cluster mode");
-                        c.skipped.extend(room.last_seq + 1..upto);
-                        while c.skipped.len() > DM_SEEN {
-                            let oldest = *c.skipped.iter().min().expect("not empty");
-                            c.skipped.remove(&oldest);
+                    let mut missing = 0;
+                    for seq in room.last_seq + 1..=covered {
+                        if let std::collections::btree_map::Entry::Vacant(e) = c.ahead.entry(seq) {
+                            e.insert(None);
+                            c.skipped.insert(seq);
+                            missing += 1;
                         }
-                        room.last_seq = upto - 1;
+                    }
+                    // Remember the newest skipped seqs only: a late arrival
+                    // is at most a few gap waits behind.
+                    while c.skipped.len() > DM_SEEN {
+                        c.skipped.pop_first();
+                    }
+                    if missing > 0 {
                         let status = &self.cluster().status;
                         status.skipped.fetch_add(missing, Ordering::Relaxed);
                         tracing::info!(room = %id, missing, "skipped seqs no node stored");
-                        self.drain_ahead(room, id);
                     }
+                    self.drain_ahead(room, id);
                     self.cluster()
                         .status
                         .gap_fills
@@ -490,10 +513,37 @@ impl Shard {
                     }
                 });
             }
-            Remote::Members { room, users } => {
-                self.with_room(&room, |_, r| {
-                    if let Some(c) = r.cluster.as_mut() {
-                        c.members = users.into_iter().map(|u| (u.id.clone(), u)).collect();
+            Remote::Members { room, users, full } => {
+                // Apply the differences as events, so that local members'
+                // views converge too (after an outage, or a first join).
+                self.with_room(&room, |me, r| {
+                    let Some(c) = r.cluster.as_mut() else {
+                        return;
+                    };
+                    let now: HashMap<Arc<str>, Arc<User>> =
+                        users.into_iter().map(|u| (u.id.clone(), u)).collect();
+                    let gone: Vec<Arc<User>> = (c.members.values())
+                        .filter(|u| full && !now.contains_key(&u.id))
+                        .cloned()
+                        .collect();
+                    let came: Vec<Arc<User>> = (now.values())
+                        .filter(|u| !c.members.contains_key(&u.id))
+                        .cloned()
+                        .collect();
+                    if full {
+                        c.members = now;
+                    } else {
+                        c.members
+                            .extend(came.iter().map(|u| (u.id.clone(), u.clone())));
+                    }
+                    for (user, online) in gone
+                        .iter()
+                        .map(|u| (u, false))
+                        .chain(came.iter().map(|u| (u, true)))
+                    {
+                        let event = protocol::presence_event(&room, user, online);
+                        let skip = online.then(|| user.id.clone());
+                        me.fan_out_room(r, &room, encode(OpCode::Text, &event), skip);
                     }
                 });
             }
@@ -502,6 +552,7 @@ impl Shard {
                 self.cluster().send(Cmd::Members {
                     room,
                     owner: self.id,
+                    full: false,
                 });
             }
         }
@@ -544,8 +595,9 @@ impl Shard {
             .send(Cmd::Unsubscribe(Topic::Room(id.clone())));
     }
 
-    /// Redis is back: for every room in memory here, fill what was missed,
-    /// and re-register this node's members (Redis may have lost them).
+    /// Redis is back: for every room in memory here, fill what was missed
+    /// and re-read the cluster's members (the link has made Redis agree with
+    /// this node's own presence first).
     pub(super) fn resync(self: &Rc<Self>) {
         let mut catch_up = Vec::new();
         {
@@ -557,16 +609,11 @@ impl Shard {
                     continue;
                 }
                 catch_up.push(id.clone());
-                for member in room.members.values() {
-                    self.cluster().send(Cmd::PresenceJoin {
-                        room: id.clone(),
-                        user: member.user.clone(),
-                    });
-                }
                 if room.dm.is_none() {
                     self.cluster().send(Cmd::Members {
                         room: id.clone(),
                         owner: self.id,
+                        full: true,
                     });
                 }
             }
