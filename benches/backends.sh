@@ -14,7 +14,7 @@
 # spans every node. The writers' counters are read from each node's /health before and after.
 #
 # Environment: MONGO_PYTHON (a python with secantusdb; default: a virtualenv made under
-# target/bench-venv), HUBBUB_ARGS (extra hubbub flags, e.g. "--history-batch-age-ms 5"),
+# target/bench-venv), KEEP=1 (keep the logs and loadgen JSON), HUBBUB_ARGS (extra hubbub flags, e.g. "--history-batch-age-ms 5"),
 # CARGO_TARGET_DIR (./target).
 set -euo pipefail
 
@@ -61,7 +61,10 @@ fi
 
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "logs and JSON kept in $WORK"; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 
 MONGO_PORT=$(free_port)

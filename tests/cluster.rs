@@ -267,7 +267,11 @@ async fn dms_and_presence_cross_nodes_and_a_killed_node_drops_its_users() {
         .await;
     await_members(&mut ana, room, &["ana", "carl"]).await;
 
-    let said = carl.post(room, "c1", "before the crash").await;
+    let mut said = Vec::new();
+    for k in 0..3 {
+        let ack = carl.post(room, &format!("c{k}"), "before the crash").await;
+        said.push(ack["seq"].as_u64().unwrap());
+    }
     n3.kill();
     ana.next_where(
         "carl offline after his node died",
@@ -276,9 +280,18 @@ async fn dms_and_presence_cross_nodes_and_a_killed_node_drops_its_users() {
     .await;
     await_members(&mut ana, room, &["ana"]).await;
 
-    // What carl's node acked before it died is in the history.
-    let h = all_history(&mut ana, room).await;
-    assert!(seqs(&h).contains(&said["seq"].as_u64().unwrap()));
+    // What carl's node acked before it died is in the history, and carl,
+    // resuming on another node from before his first message, gets exactly
+    // the rest.
+    let h = seqs(&all_history(&mut ana, room).await);
+    assert!(said.iter().all(|s| h.contains(s)), "{said:?} in {h:?}");
+    let mut carl = n1.connect("carl").await;
+    let since = said[0] - 1;
+    carl.send(json!({"type": "join", "room": room, "since": since, "id": "j"}))
+        .await;
+    assert_eq!(carl.reply("j").await["type"], "ack");
+    let rest: Vec<u64> = h.iter().copied().filter(|s| *s > since).collect();
+    assert_eq!(seqs(&carl.messages(room, rest.len()).await), rest);
     drop(n2);
 }
 

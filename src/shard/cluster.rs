@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -52,6 +53,9 @@ pub(crate) struct Clustered {
     skipped: BTreeSet<u64>,
     /// A gap check is scheduled.
     gap_check: bool,
+    /// The first missing seq while frames wait behind it, and since when it
+    /// has been missing: a check skips it only after the full gap wait.
+    gap_since: Option<(u64, Instant)>,
     /// DMs: recently delivered seqs.
     dm_seen: VecDeque<u64>,
     /// The cluster's members, as Redis lists them and presence events
@@ -296,13 +300,7 @@ impl Shard {
         }
         c.ahead.entry(seq).or_insert(entry);
         self.drain_ahead(room, id);
-
-        let c = room.cluster.as_mut().expect("cluster mode");
-        if c.ahead.is_empty() || c.gap_check {
-            return false;
-        }
-        c.gap_check = true;
-        true
+        note_gap(room)
     }
 
     fn drain_ahead(&self, room: &mut Room, id: &Arc<str>) {
@@ -340,26 +338,44 @@ impl Shard {
         }
     }
 
-    /// Check a room's gap after `--cluster-gap-wait`.
+    /// Check a room's gap once its first missing seq has been missing for
+    /// `--cluster-gap-wait-ms`.
     pub(super) fn schedule_gap_check(self: &Rc<Self>, id: Arc<str>) {
+        self.check_gap_in(id, self.cluster().gap_wait);
+    }
+
+    fn check_gap_in(self: &Rc<Self>, id: Arc<str>, wait: Duration) {
         let me = self.clone();
-        let wait = self.cluster().gap_wait;
         monoio::spawn(async move {
             monoio::time::sleep(wait).await;
             me.check_gap(id);
         });
     }
 
-    /// The frames after a gap still wait: read the gap from the store.
+    /// The frames after a gap still wait: read the gap from the store. A
+    /// gap that opened after this check was scheduled (the one it was for
+    /// closed meanwhile) gets the rest of its own wait first.
     fn check_gap(self: &Rc<Self>, id: Arc<str>) {
+        let wait = self.cluster().gap_wait;
         let span = self.ready(&id, |room| {
+            let last_seq = room.last_seq;
             let c = room.cluster.as_mut()?;
+            let Some((_, since)) = c.gap_since else {
+                c.gap_check = false;
+                return None;
+            };
+            let left = wait.saturating_sub(since.elapsed());
+            if !left.is_zero() {
+                return Some(Err(left));
+            }
             c.gap_check = false;
             let first_ahead = *c.ahead.keys().next()?;
-            (first_ahead > room.last_seq + 1).then_some((room.last_seq, first_ahead))
+            (first_ahead > last_seq + 1).then_some(Ok((last_seq, first_ahead)))
         });
-        let Some(Some((from, upto))) = span else {
-            return;
+        let (from, upto) = match span {
+            Some(Some(Ok(span))) => span,
+            Some(Some(Err(left))) => return self.check_gap_in(id, left),
+            _ => return,
         };
         let limit = ((upto - from - 1) as usize).min(FILL_BATCH);
         let read = self.shared.store.after(&id, from, limit);
@@ -428,13 +444,12 @@ impl Shard {
                 }
                 Err(e) => tracing::warn!(room = %id, err = %e, "gap fill read failed"),
             }
-            let c = room.cluster.as_mut().expect("cluster mode");
-            let again = !c.ahead.is_empty() && !c.gap_check;
-            c.gap_check |= again;
-            again
+            note_gap(room)
         });
+        // A gap left after this read is older than the wait: check at once
+        // (the check waits out whatever is left of a newer gap's wait).
         if recheck == Some(true) {
-            self.schedule_gap_check(id.clone());
+            self.check_gap_in(id.clone(), Duration::ZERO);
         }
     }
 
@@ -622,6 +637,25 @@ impl Shard {
             self.catch_up(id);
         }
     }
+}
+
+/// Note whether frames wait behind a missing seq, and since when that seq
+/// is missing. True when a gap check must be scheduled.
+fn note_gap(room: &mut Room) -> bool {
+    let missing = room.last_seq + 1;
+    let c = room.cluster.as_mut().expect("cluster mode");
+    if c.ahead.is_empty() {
+        c.gap_since = None;
+        return false;
+    }
+    if c.gap_since.map(|(seq, _)| seq) != Some(missing) {
+        c.gap_since = Some((missing, Instant::now()));
+    }
+    if c.gap_check {
+        return false;
+    }
+    c.gap_check = true;
+    true
 }
 
 /// Where a room's messages are published: its channel, or for a DM both
