@@ -7,9 +7,10 @@
 #   benches/backends.sh [--rates 1,4] [--nodes 1,2] [--clients 620] [--duration 20s] [--no-build]
 #
 # For each node count and each rate, a fresh set of hubbub processes (release build,
-# --workers 1 each) runs with --mongo-url against one SecantusDB (`python -m secantus`,
+# --workers 1 each) runs with --mongo-url against a fresh SecantusDB (`python -m secantus`,
 # journaled with --sync-on-commit), plus --redis-url to one redis-server when there is more
-# than one node. `hubbub-loadgen classroom` (rooms of 30 plus a teacher, --rate messages/s
+# than one node. SecantusDB is a single-process Python server: on a small machine it, not
+# hubbub, sets the commit latency, so compare rows with each other, not with a real MongoDB. `hubbub-loadgen classroom` (rooms of 30 plus a teacher, --rate messages/s
 # per client, no typing frames) spreads its clients over the nodes in turn, so every room
 # spans every node. The writers' counters are read from each node's /health before and after.
 #
@@ -67,11 +68,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-MONGO_PORT=$(free_port)
-"$MONGO_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" \
-  --storage-path "$WORK/mongo" --log-level WARNING --sync-on-commit >/dev/null 2>&1 &
-PIDS+=($!)
-wait_port "$MONGO_PORT"
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --loglevel warning >/dev/null 2>&1 &
@@ -99,6 +95,14 @@ run=0
 for nodes in "${NODE_COUNTS[@]}"; do
   for rate in "${LEVELS[@]}"; do
     run=$((run + 1))
+    # A fresh MongoDB-wire server per run: SecantusDB slows down as its data
+    # grows, which would make later runs look slower than earlier ones.
+    MONGO_PORT=$(free_port)
+    "$MONGO_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" \
+      --storage-path "$WORK/mongo-$run" --log-level WARNING --sync-on-commit >/dev/null 2>&1 &
+    MONGO=$!
+    PIDS+=("$MONGO")
+    wait_port "$MONGO_PORT"
     PORTS=()
     HUBS=()
     URLS=""
@@ -134,6 +138,7 @@ for nodes in "${NODE_COUNTS[@]}"; do
     stored1=$(counter stored "${PORTS[@]}")
     batches1=$(counter batches "${PORTS[@]}")
     for hub in "${HUBS[@]}"; do kill "$hub"; wait "$hub" 2>/dev/null || true; done
+    kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
 
     python3 - "$WORK/load-$run.json" "$nodes" "$CLIENTS" "$rate" "$stored0" "$stored1" \
       "$batches0" "$batches1" "$start" "$end" <<'EOF'

@@ -200,6 +200,9 @@ impl Running {
             let _ = writer.join();
         }
         if let (Some(r), Some(rt)) = (&self.shared.config.redis, &self.side) {
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.status.stopping.store(true, Ordering::Relaxed);
+            }
             crate::cluster::link::goodbye(&r.url, &r.node_id, rt.handle());
         }
         if let Some(rt) = self.side {

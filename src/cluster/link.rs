@@ -56,6 +56,15 @@ struct Interest {
 /// which presence commands were lost.
 type Presence = Arc<Mutex<HashMap<Arc<str>, HashMap<Arc<str>, Vec<u8>>>>>;
 
+/// Committed messages (and skips) whose publish failed, to publish again
+/// once Redis answers: receivers drop what they already have by seq, but a
+/// message lost here would otherwise show on other nodes only when a later
+/// one in its room opens a gap.
+type Unsent = Arc<Mutex<std::collections::VecDeque<(Vec<u8>, Bytes)>>>;
+
+/// Most unsent publishes kept; past it the oldest are left to gap filling.
+const MAX_UNSENT: usize = 100_000;
+
 static SYNC: LazyLock<String> = LazyLock::new(scripts::sync);
 static REAP: LazyLock<String> = LazyLock::new(scripts::reap);
 
@@ -96,7 +105,9 @@ pub fn start(
 
     let topics: Topics = Arc::default();
     let presence: Presence = Arc::default();
+    let unsent: Unsent = Arc::default();
     let supervisor = Supervisor {
+        unsent: unsent.clone(),
         sub: sub.clone(),
         con: con.clone(),
         topics: topics.clone(),
@@ -110,6 +121,7 @@ pub fn start(
     rt.spawn(supervisor.run());
 
     let worker = Commands {
+        unsent,
         sub,
         con,
         topics,
@@ -187,6 +199,7 @@ impl redis::aio::AsyncPushSender for Router {
 
 /// Keeps the node connected, registered and resubscribed.
 struct Supervisor {
+    unsent: Unsent,
     sub: ConnectionManager,
     con: ConnectionManager,
     topics: Topics,
@@ -207,6 +220,11 @@ impl Supervisor {
             tokio::select! {
                 _ = self.lost.notified() => synced = false,
                 _ = tokio::time::sleep(TICK) => {}
+            }
+            // Stopping: `goodbye` removes this node; a heartbeat now would
+            // bring it back until the TTL.
+            if self.status.stopping.load(Ordering::Relaxed) {
+                return;
             }
             if !self.status.up.load(Ordering::Relaxed) {
                 synced = false;
@@ -268,23 +286,9 @@ impl Supervisor {
     /// synced (it stalled past --node-ttl): it must sync again.
     async fn tick(&mut self, synced: bool) -> redis::RedisResult<bool> {
         redis::cmd("PING").query_async::<()>(&mut self.sub).await?;
-        if !synced {
-            let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
-            for topic in &topics {
-                self.sub.subscribe(wire::channel(topic)).await?;
-            }
-            {
-                let mut topics = self.topics.lock().unwrap();
-                let mut active = 0;
-                for interest in topics.values_mut() {
-                    interest.active = true;
-                    active += 1;
-                }
-                self.status.subscriptions.store(active, Ordering::Relaxed);
-            }
-            self.sync_presence().await?;
-        }
 
+        // The heartbeat first, so that no other node's reaper removes what
+        // the sync below registers.
         let ttl = self.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -296,19 +300,69 @@ impl Supervisor {
         pipe.cmd("SADD")
             .arg(wire::key("nodes", ""))
             .arg(&*self.node);
-        pipe.cmd("EVAL")
+        let (added,): (u64,) = pipe.query_async(&mut self.con).await?;
+        if synced && added == 1 {
+            return Ok(false);
+        }
+
+        if !synced {
+            let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
+            for topic in &topics {
+                self.sub.subscribe(wire::channel(topic)).await?;
+            }
+            {
+                // Only what was subscribed just now counts as active; a
+                // topic added meanwhile is subscribed by its own command.
+                let mut current = self.topics.lock().unwrap();
+                for topic in &topics {
+                    if let Some(interest) = current.get_mut(topic) {
+                        interest.active = true;
+                    }
+                }
+                let active = current.values().filter(|i| i.active).count();
+                self.status
+                    .subscriptions
+                    .store(active as u64, Ordering::Relaxed);
+            }
+            self.sync_presence().await?;
+            self.publish_unsent().await?;
+        }
+
+        let reaped: u64 = redis::cmd("EVAL")
             .arg(&*REAP)
             .arg(1)
             .arg(wire::key("nodes", ""))
-            .arg(wire::PREFIX);
-        let (added, reaped): (u64, u64) = pipe.query_async(&mut self.con).await?;
+            .arg(wire::PREFIX)
+            .query_async(&mut self.con)
+            .await?;
         if reaped > 0 {
             tracing::info!(
                 reaped,
                 "removed the presence of nodes that stopped heartbeating"
             );
         }
-        Ok(!(synced && added == 1))
+        Ok(true)
+    }
+
+    /// Publish again what failed to publish during the outage.
+    async fn publish_unsent(&mut self) -> redis::RedisResult<()> {
+        let unsent: Vec<(Vec<u8>, Bytes)> = self.unsent.lock().unwrap().drain(..).collect();
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in &unsent {
+            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut self.con).await {
+            let mut queue = self.unsent.lock().unwrap();
+            for item in unsent.into_iter().rev() {
+                queue.push_front(item);
+            }
+            return Err(e);
+        }
+        tracing::info!(count = unsent.len(), "published what an outage held back");
+        Ok(())
     }
 
     /// Every room where this node has members now, or had according to
@@ -351,6 +405,7 @@ impl Supervisor {
 
 /// Drains the shards' commands into pipelines.
 struct Commands {
+    unsent: Unsent,
     sub: ConnectionManager,
     con: ConnectionManager,
     topics: Topics,
@@ -370,8 +425,10 @@ enum Sent {
         room: Arc<str>,
         owner: usize,
         full: bool,
+        asked: std::time::Instant,
     },
-    Publish,
+    /// A channel and payload, kept to publish again if this fails.
+    Publish(Vec<u8>, Bytes),
     Other,
 }
 
@@ -416,10 +473,9 @@ impl Commands {
                 }
                 Cmd::Publish { topics, payload } => {
                     for topic in &topics {
-                        pipe.cmd("PUBLISH")
-                            .arg(wire::channel(topic))
-                            .arg(&payload[..]);
-                        sent.push(Sent::Publish);
+                        let channel = wire::channel(topic);
+                        pipe.cmd("PUBLISH").arg(&channel).arg(&payload[..]);
+                        sent.push(Sent::Publish(channel, payload.clone()));
                     }
                 }
                 Cmd::PresenceJoin { room, user } => {
@@ -440,9 +496,19 @@ impl Commands {
                     }
                     sent.push(Sent::Other);
                 }
-                Cmd::Members { room, owner, full } => {
+                Cmd::Members {
+                    room,
+                    owner,
+                    full,
+                    asked,
+                } => {
                     pipe.cmd("HVALS").arg(wire::key("p:", &room));
-                    sent.push(Sent::Members { room, owner, full });
+                    sent.push(Sent::Members {
+                        room,
+                        owner,
+                        full,
+                        asked,
+                    });
                 }
                 Cmd::Subscribe(topic, owner) => self.subscribe(topic, owner).await,
                 Cmd::Unsubscribe(topic) => self.unsubscribe(topic).await,
@@ -474,7 +540,12 @@ impl Commands {
                     let msg = ShardMsg::Reserved { room, first, count };
                     self.shared.send(owner, msg);
                 }
-                Sent::Members { room, owner, full } => {
+                Sent::Members {
+                    room,
+                    owner,
+                    full,
+                    asked,
+                } => {
                     let (Value::Array(rows) | Value::Set(rows)) = answer else {
                         continue;
                     };
@@ -485,12 +556,24 @@ impl Commands {
                             _ => None,
                         })
                         .collect();
-                    let remote = Remote::Members { room, users, full };
+                    let remote = Remote::Members {
+                        room,
+                        users,
+                        full,
+                        asked,
+                    };
                     self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
                 }
-                Sent::Publish => {
+                Sent::Publish(channel, payload) => {
                     if !matches!(answer, Value::ServerError(_) | Value::Nil) {
                         self.status.published.fetch_add(1, Ordering::Relaxed);
+                    } else if matches!(payload.first(), Some(b'M' | b'S')) {
+                        // Typing is not worth sending late.
+                        let mut unsent = self.unsent.lock().unwrap();
+                        if unsent.len() == MAX_UNSENT {
+                            unsent.pop_front();
+                        }
+                        unsent.push_back((channel, payload));
                     }
                 }
                 Sent::Other => {}
@@ -588,12 +671,13 @@ fn presence(
     let json = crate::protocol::user_json(user);
     pipe.cmd("EVAL")
         .arg(if on { scripts::JOIN } else { scripts::LEAVE })
-        .arg(5)
+        .arg(6)
         .arg(wire::key("p:", room))
         .arg(wire::presence_nodes_key(room, &user.id))
         .arg(wire::key("nr:", node))
         .arg(wire::node_users_key(node, room))
         .arg(wire::channel(&Topic::Room(room.into())))
+        .arg(wire::key("nodes", ""))
         .arg(node)
         .arg(&*user.id)
         .arg(&json[..])

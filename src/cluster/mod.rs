@@ -28,9 +28,12 @@
 //! The Redis side (the `link`) runs on the tokio side runtime and a thread
 //! of its own; shards reach it through a bounded crossbeam queue and hear
 //! back through their inboxes. It supervises the connection itself: after an
-//! outage it resubscribes every channel it holds and asks every shard to
-//! fill gaps from the history store, re-register presence, and re-read the
-//! member lists.
+//! outage it resubscribes every channel it holds, makes Redis's presence
+//! agree with this node's own (joins or leaves lost in the outage included),
+//! publishes again the messages it could not publish, and asks every shard
+//! to fill gaps from the history store and re-read the member lists. A node
+//! that finds itself reaped while alive (stalled past `--node-ttl`) does the
+//! same.
 //!
 //! # Limits
 //!
@@ -89,6 +92,8 @@ pub struct Status {
     pub gap_fills: AtomicU64,
     /// Messages answered `unavailable` because Redis gave them no seq.
     pub refused: AtomicU64,
+    /// Set when the node stops: the supervisor stops heartbeating.
+    pub stopping: AtomicBool,
 }
 
 /// A channel a node listens on.
@@ -136,6 +141,7 @@ pub enum Cmd {
         room: Arc<str>,
         owner: usize,
         full: bool,
+        asked: std::time::Instant,
     },
 }
 
@@ -170,6 +176,8 @@ pub enum Remote {
         room: Arc<str>,
         users: Vec<Arc<User>>,
         full: bool,
+        /// When it was asked for: events since then are newer than it.
+        asked: std::time::Instant,
     },
     /// The room's channel is subscribed: fill what was missed meanwhile.
     Subscribed { room: Arc<str> },

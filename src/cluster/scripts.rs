@@ -32,9 +32,12 @@ return cur + 1
 ";
 
 /// KEYS: members hash, user's node set, node's rooms, node's users in the
-/// room, room channel. ARGV: node, user id, user JSON, room, join event.
-/// Publishes the join event when this is the user's first node in the room.
+/// room, room channel, the nodes set. ARGV: node, user id, user JSON, room,
+/// join event. Publishes the join event when this is the user's first node
+/// in the room. Registers the node too, so that the reaper finds whatever
+/// it registers even before its first heartbeat.
 pub const JOIN: &str = r"
+redis.call('SADD', KEYS[6], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -84,6 +87,7 @@ pub fn sync() -> String {
         "{FORGET}{}",
         r"
 local prefix, node, room = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SADD', prefix .. 'nodes', node)
 local nu = prefix .. 'nu:' .. node .. '\n' .. room
 local want = {}
 for i = 4, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end

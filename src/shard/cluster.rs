@@ -31,6 +31,10 @@ use crate::ws::{encode, OpCode};
 /// Rows read per gap fill or catch-up round.
 const FILL_BATCH: usize = 1000;
 
+/// How long presence events are remembered, to check member lists read
+/// from Redis against (a list is asked for and answered within this).
+const PRESENCE_EVENT_TRUST: Duration = Duration::from_secs(10);
+
 /// DM seqs remembered per pair room to deliver each once.
 const DM_SEEN: usize = 1024;
 
@@ -63,8 +67,14 @@ pub(crate) struct Clustered {
     members: HashMap<Arc<str>, Arc<User>>,
     /// The room's channel is subscribed (or asked for).
     pub(super) subscribed: bool,
-    /// Unsubscribed since it was loaded: what it holds may be behind.
+    /// Not subscribed at some time since it was loaded: what it holds may be
+    /// behind. A room starts stale until its channel is subscribed.
     pub(super) stale: bool,
+    /// The catch-up after a subscription or an outage has finished.
+    caught_up: bool,
+    /// Recent presence events by user (online?, when): a member list read
+    /// from Redis may be older than an event that overtook it.
+    events: HashMap<Arc<str>, (bool, Instant)>,
 }
 
 /// A message waiting for its seq.
@@ -76,13 +86,27 @@ pub(crate) struct Awaiting {
 }
 
 impl Clustered {
+    /// The state of a room just read from the store: stale until its
+    /// channel is subscribed.
+    pub(super) fn loaded() -> Clustered {
+        Clustered {
+            stale: true,
+            ..Clustered::default()
+        }
+    }
+
+    /// Hold a stored frame until the seqs below it are delivered or skipped.
+    pub(super) fn hold(&mut self, seq: u64, frame: Bytes) {
+        self.ahead.insert(seq, Some((frame, None)));
+    }
+
     pub(super) fn busy(&self) -> bool {
         !self.awaiting.is_empty() || self.reserving || !self.ahead.is_empty()
     }
 
     /// Does the room's cache hold everything up to its `last_seq`?
     pub(super) fn current(&self, dm: bool) -> bool {
-        !dm && self.subscribed && !self.stale && self.ahead.is_empty()
+        !dm && self.subscribed && !self.stale && self.caught_up && self.ahead.is_empty()
     }
 }
 
@@ -254,16 +278,13 @@ impl Shard {
             topics: topics(room, id),
             payload: wire::skip(id, seq),
         });
-        if self.sequence(room, id, seq, None) {
-            let me = self.id;
-            tracing::debug!(room = %id, seq, shard = me, "gap after a refused write");
-        }
+        self.sequence(room, id, seq, None);
     }
 
     /// A message this node committed (`entry`), or a seq it will never
     /// store (None): tell the other nodes, then deliver here in order.
     /// True when a gap check is needed.
-    pub(super) fn committed(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) -> bool {
+    pub(super) fn committed(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
         let payload = match &entry {
             Some((frame, _)) => wire::message(id, seq, &super::frame_payload(frame)),
             None => wire::skip(id, seq),
@@ -275,12 +296,12 @@ impl Shard {
         self.sequence(room, id, seq, entry)
     }
 
-    /// Deliver what is next in seq order. True when frames wait behind a
-    /// gap and no check is scheduled yet.
-    fn sequence(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) -> bool {
+    /// Deliver what is next in seq order; a room whose frames wait behind a
+    /// gap gets a check scheduled (by [`Shard::schedule_due_gaps`]).
+    fn sequence(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
         if let Some(pair) = room.dm.clone() {
             self.deliver_dm(room, &pair, seq, entry);
-            return false;
+            return;
         }
         let c = room.cluster.as_mut().expect("cluster mode");
         if seq <= room.last_seq {
@@ -296,11 +317,38 @@ impl Shard {
                     self.fan_out_room(room, id, frame, None);
                 }
             }
-            return false;
+            return;
         }
         c.ahead.entry(seq).or_insert(entry);
         self.drain_ahead(room, id);
-        note_gap(room)
+        self.note_gap(room, id);
+    }
+
+    /// Note whether frames wait behind a missing seq, and since when that
+    /// seq is missing; queue a gap check when none is scheduled.
+    pub(super) fn note_gap(&self, room: &mut Room, id: &Arc<str>) {
+        let missing = room.last_seq + 1;
+        let c = room.cluster.as_mut().expect("cluster mode");
+        if c.ahead.is_empty() {
+            c.gap_since = None;
+            return;
+        }
+        if c.gap_since.map(|(seq, _)| seq) != Some(missing) {
+            c.gap_since = Some((missing, Instant::now()));
+        }
+        if !c.gap_check {
+            c.gap_check = true;
+            self.gaps_due.borrow_mut().push(id.clone());
+        }
+    }
+
+    /// Schedule the gap checks queued by `note_gap`. Called after every
+    /// inbox batch and after every store read that fed a room.
+    pub(super) fn schedule_due_gaps(self: &Rc<Self>) {
+        let due = std::mem::take(&mut *self.gaps_due.borrow_mut());
+        for id in due {
+            self.schedule_gap_check(id);
+        }
     }
 
     fn drain_ahead(&self, room: &mut Room, id: &Arc<str>) {
@@ -402,7 +450,7 @@ impl Shard {
         limit: usize,
         rows: Result<Rows, StoreError>,
     ) {
-        let recheck = self.ready(id, |room| {
+        self.ready(id, |room| {
             match rows {
                 Ok(rows) => {
                     // The store holds nothing else up to `covered`: a short
@@ -418,16 +466,20 @@ impl Shard {
                             c.ahead.entry(seq).or_insert(Some((frame, None)));
                         }
                     }
+                    // Remember the lowest seqs of the hole as skipped (a late
+                    // arrival is a seq reserved just before the hole opened;
+                    // after a lost Redis counter the rest were never used),
+                    // and across holes the newest.
                     let mut missing = 0;
                     for seq in room.last_seq + 1..=covered {
                         if let std::collections::btree_map::Entry::Vacant(e) = c.ahead.entry(seq) {
                             e.insert(None);
-                            c.skipped.insert(seq);
+                            if missing < DM_SEEN as u64 {
+                                c.skipped.insert(seq);
+                            }
                             missing += 1;
                         }
                     }
-                    // Remember the newest skipped seqs only: a late arrival
-                    // is at most a few gap waits behind.
                     while c.skipped.len() > DM_SEEN {
                         c.skipped.pop_first();
                     }
@@ -442,42 +494,57 @@ impl Shard {
                         .gap_fills
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(room = %id, err = %e, "gap fill read failed"),
+                Err(e) => {
+                    // Try again after a full wait, not in a loop.
+                    tracing::warn!(room = %id, err = %e, "gap fill read failed");
+                    let c = room.cluster.as_mut().expect("cluster mode");
+                    c.gap_since = Some((room.last_seq + 1, Instant::now()));
+                }
             }
-            note_gap(room)
+            // What is still missing has waited since this check began.
+            let c = room.cluster.as_mut().expect("cluster mode");
+            let since = c.gap_since.map(|(_, at)| at);
+            self.note_gap(room, id);
+            let c = room.cluster.as_mut().expect("cluster mode");
+            if let (Some(at), Some((seq, _))) = (since, c.gap_since) {
+                c.gap_since = Some((seq, at));
+            }
         });
-        // A gap left after this read is older than the wait: check at once
-        // (the check waits out whatever is left of a newer gap's wait).
-        if recheck == Some(true) {
-            self.check_gap_in(id.clone(), Duration::ZERO);
-        }
+        self.schedule_due_gaps();
     }
 
     /// Read everything after the room's `last_seq` from the store and
     /// deliver it: after a subscription starts, and after an outage.
-    fn catch_up(self: &Rc<Self>, id: Arc<str>) {
-        let Some(from) = self.ready(&id, |room| room.last_seq) else {
+    fn catch_up(self: &Rc<Self>, id: Arc<str>, after: Option<u64>) {
+        let Some(from) = self.ready(&id, |room| after.unwrap_or(room.last_seq)) else {
             return;
         };
         let read = self.shared.store.after(&id, from, FILL_BATCH);
         let me = self.clone();
         let done = move |rows: Result<Rows, StoreError>| {
+            // A full read continues after its last row (not after the
+            // room's last_seq, which a hole may hold back).
             let more = me.ready(&id, |room| match rows {
                 Ok(rows) => {
-                    let full = rows.len() == FILL_BATCH;
+                    let next = (rows.len() == FILL_BATCH).then(|| rows.last().map(|r| r.0));
                     for (seq, json) in rows {
                         let frame = encode(OpCode::Text, &json);
                         me.sequence(room, &id, seq, Some((frame, None)));
                     }
-                    full
+                    let next = next.flatten();
+                    if let (None, Some(c)) = (next, room.cluster.as_mut()) {
+                        c.caught_up = true;
+                    }
+                    next
                 }
                 Err(e) => {
                     tracing::warn!(room = %id, err = %e, "catch-up read failed");
-                    false
+                    None
                 }
             });
-            if more == Some(true) {
-                me.catch_up(id);
+            me.schedule_due_gaps();
+            if let Some(Some(next)) = more {
+                me.catch_up(id, Some(next));
             }
         };
         match read_now(read) {
@@ -493,18 +560,12 @@ impl Shard {
         match remote {
             Remote::Message { room, seq, json } => {
                 let frame = encode(OpCode::Text, &json);
-                let gap = self.with_room(&room, |me, r| {
+                self.with_room(&room, |me, r| {
                     me.sequence(r, &room, seq, Some((frame, None)))
                 });
-                if gap == Some(true) {
-                    self.schedule_gap_check(room);
-                }
             }
             Remote::Skip { room, seq } => {
-                let gap = self.with_room(&room, |me, r| me.sequence(r, &room, seq, None));
-                if gap == Some(true) {
-                    self.schedule_gap_check(room);
-                }
+                self.with_room(&room, |me, r| me.sequence(r, &room, seq, None));
             }
             Remote::Typing { room, user, json } => {
                 let frame = encode(OpCode::Text, &json);
@@ -517,6 +578,7 @@ impl Shard {
                     let Some(c) = r.cluster.as_mut() else {
                         return;
                     };
+                    c.events.insert(user.id.clone(), (online, Instant::now()));
                     let changed = match online {
                         true => c.members.insert(user.id.clone(), user.clone()).is_none(),
                         false => c.members.remove(&user.id).is_some(),
@@ -528,15 +590,35 @@ impl Shard {
                     }
                 });
             }
-            Remote::Members { room, users, full } => {
+            Remote::Members {
+                room,
+                users,
+                full,
+                asked,
+            } => {
                 // Apply the differences as events, so that local members'
                 // views converge too (after an outage, or a first join).
                 self.with_room(&room, |me, r| {
                     let Some(c) = r.cluster.as_mut() else {
                         return;
                     };
-                    let now: HashMap<Arc<str>, Arc<User>> =
+                    // An event that came after the list was asked for wins.
+                    c.events
+                        .retain(|_, (_, at)| at.elapsed() < PRESENCE_EVENT_TRUST);
+                    let events = c.events.iter().filter(|(_, (_, at))| *at >= asked);
+                    let mut now: HashMap<Arc<str>, Arc<User>> =
                         users.into_iter().map(|u| (u.id.clone(), u)).collect();
+                    for (id, (online, _)) in events {
+                        match (online, c.members.get(id)) {
+                            (true, Some(user)) => {
+                                now.entry(id.clone()).or_insert_with(|| user.clone());
+                            }
+                            (false, _) => {
+                                now.remove(id);
+                            }
+                            (true, None) => {}
+                        }
+                    }
                     let gone: Vec<Arc<User>> = (c.members.values())
                         .filter(|u| full && !now.contains_key(&u.id))
                         .cloned()
@@ -563,17 +645,22 @@ impl Shard {
                 });
             }
             Remote::Subscribed { room } => {
-                self.catch_up(room.clone());
+                self.catch_up(room.clone(), None);
                 self.cluster().send(Cmd::Members {
                     room,
                     owner: self.id,
                     full: false,
+                    asked: Instant::now(),
                 });
             }
         }
     }
 
-    fn with_room<R>(&self, id: &str, f: impl FnOnce(&Self, &mut Room) -> R) -> Option<R> {
+    pub(super) fn with_room<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Self, &mut Room) -> R,
+    ) -> Option<R> {
         let mut rooms = self.rooms.borrow_mut();
         match rooms.get_mut(id) {
             Some(Slot::Ready(room)) => Some(f(self, room)),
@@ -591,6 +678,7 @@ impl Shard {
         }
         c.subscribed = true;
         c.stale = false;
+        c.caught_up = false;
         self.cluster()
             .send(Cmd::Subscribe(Topic::Room(id.clone()), self.id));
     }
@@ -616,46 +704,29 @@ impl Shard {
     pub(super) fn resync(self: &Rc<Self>) {
         let mut catch_up = Vec::new();
         {
-            let rooms = self.rooms.borrow();
-            for (id, slot) in rooms.iter() {
+            let mut rooms = self.rooms.borrow_mut();
+            for (id, slot) in rooms.iter_mut() {
                 let Slot::Ready(room) = slot else { continue };
-                let Some(c) = &room.cluster else { continue };
+                let Some(c) = &mut room.cluster else { continue };
                 if room.dm.is_none() && !c.subscribed {
                     continue;
                 }
+                c.caught_up = false;
                 catch_up.push(id.clone());
                 if room.dm.is_none() {
                     self.cluster().send(Cmd::Members {
                         room: id.clone(),
                         owner: self.id,
                         full: true,
+                        asked: Instant::now(),
                     });
                 }
             }
         }
         for id in catch_up {
-            self.catch_up(id);
+            self.catch_up(id, None);
         }
     }
-}
-
-/// Note whether frames wait behind a missing seq, and since when that seq
-/// is missing. True when a gap check must be scheduled.
-fn note_gap(room: &mut Room) -> bool {
-    let missing = room.last_seq + 1;
-    let c = room.cluster.as_mut().expect("cluster mode");
-    if c.ahead.is_empty() {
-        c.gap_since = None;
-        return false;
-    }
-    if c.gap_since.map(|(seq, _)| seq) != Some(missing) {
-        c.gap_since = Some((missing, Instant::now()));
-    }
-    if c.gap_check {
-        return false;
-    }
-    c.gap_check = true;
-    true
 }
 
 /// Where a room's messages are published: its channel, or for a DM both

@@ -286,6 +286,9 @@ pub struct Shard {
     users: RefCell<HashMap<Arc<str>, Vec<u32>>>,
     /// Rooms this shard owns that are in memory.
     rooms: RefCell<HashMap<Arc<str>, Slot>>,
+    /// Cluster mode: rooms whose frames wait behind a missing seq, for which
+    /// a gap check is to be scheduled (see `cluster::note_gap`).
+    gaps_due: RefCell<Vec<Arc<str>>>,
     /// Set once shutdown begins, so that the accept loop stops.
     pub stopping: Cell<bool>,
     /// Parse scratch for simd-json, reused by every frame on this core.
@@ -316,6 +319,7 @@ impl Shard {
             members: RefCell::default(),
             users: RefCell::default(),
             rooms: RefCell::default(),
+            gaps_due: RefCell::default(),
             stopping: Cell::new(false),
             json_scratch: RefCell::new(simd_json::Buffers::default()),
             refused: Cell::new((0, None)),
@@ -372,6 +376,7 @@ impl Shard {
                 }
                 self.handle(msg);
             }
+            self.schedule_due_gaps();
             if last_sweep.elapsed() > Duration::from_secs(30) {
                 self.sweep_rooms();
                 self.metrics.rooms.set(self.rooms.borrow().len() as i64);

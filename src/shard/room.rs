@@ -112,10 +112,29 @@ impl Room {
         }
 
         let dm = crate::auth::dm_pair(id).map(|(a, b)| [Arc::from(a), Arc::from(b)]);
-        let recent = page
+        let mut recent: VecDeque<(u64, Bytes)> = page
             .into_iter()
             .map(|(seq, json)| (seq, encode(OpCode::Text, &json)))
             .collect();
+
+        // Cluster mode: a recent hole may be a message another node is
+        // still writing. Deliver from just below it, holding the newer rows
+        // until the hole is filled or skipped (see `cluster`).
+        let mut cluster: Option<Box<Clustered>> = clustered.then(|| Box::new(Clustered::loaded()));
+        let mut last_seq = last_seq;
+        if let (Some(c), Some(_)) = (cluster.as_mut(), &dm) {
+            // A pair room has no channel of its own to fall behind on.
+            c.stale = false;
+        }
+        if let (Some(c), None) = (cluster.as_mut(), &dm) {
+            if let Some(below) = recent_hole(&recent) {
+                last_seq = below;
+                let at = recent.partition_point(|(s, _)| *s <= below);
+                for (seq, frame) in recent.drain(at..) {
+                    c.hold(seq, frame);
+                }
+            }
+        }
         Room {
             dm,
             next_seq: last_seq + 1,
@@ -129,7 +148,7 @@ impl Room {
             seen_order,
             pending_joins: HashSet::new(),
             touched: Instant::now(),
-            cluster: clustered.then(Box::default),
+            cluster,
         }
     }
 
@@ -224,7 +243,8 @@ impl Shard {
     }
 
     fn on_loaded(self: &Rc<Self>, id: Arc<str>, result: Result<Rows, StoreError>) {
-        let queued = match self.rooms.borrow_mut().remove(&id) {
+        let removed = self.rooms.borrow_mut().remove(&id);
+        let queued = match removed {
             Some(Slot::Loading(queued)) => queued,
             other => {
                 // Cannot happen: only a load replaces a Loading slot.
@@ -242,7 +262,11 @@ impl Shard {
                 tracing::debug!(room = %id, last_seq, shard, "room loaded");
                 self.rooms
                     .borrow_mut()
-                    .insert(id, Slot::Ready(Box::new(room)));
+                    .insert(id.clone(), Slot::Ready(Box::new(room)));
+                if clustered {
+                    self.with_room(&id, |me, room| me.note_gap(room, &id));
+                    self.schedule_due_gaps();
+                }
                 for msg in queued {
                     self.run(msg);
                 }
@@ -545,9 +569,8 @@ impl Shard {
     }
 
     /// Outcomes from the history writer, in seq order per room.
-    pub(super) fn on_stored(self: &Rc<Self>, reports: Vec<Report>) {
+    pub(super) fn on_stored(&self, reports: Vec<Report>) {
         let cache = self.shared.config.history_cache;
-        let mut gaps = Vec::new();
         let mut rooms = self.rooms.borrow_mut();
         for r in reports {
             let Some(Slot::Ready(room)) = rooms.get_mut(&r.room) else {
@@ -588,9 +611,7 @@ impl Shard {
                     }
                     if room.cluster.is_some() {
                         let entry = Some((flight.frame, flight.origin));
-                        if self.committed(room, &r.room, r.seq, entry) {
-                            gaps.push(r.room.clone());
-                        }
+                        self.committed(room, &r.room, r.seq, entry);
                         continue;
                     }
                     match &room.dm {
@@ -603,9 +624,7 @@ impl Shard {
                         room.seen.remove(&key);
                     }
                     if room.cluster.is_some() {
-                        if self.committed(room, &r.room, r.seq, None) {
-                            gaps.push(r.room.clone());
-                        }
+                        self.committed(room, &r.room, r.seq, None);
                     } else if r.epoch == room.epoch {
                         let (room_id, seq) = (&r.room, r.seq);
                         tracing::warn!(room = %room_id, seq, expected, "history write refused");
@@ -621,10 +640,6 @@ impl Shard {
                     }
                 }
             }
-        }
-        drop(rooms);
-        for room in gaps {
-            self.schedule_gap_check(room);
         }
     }
 
@@ -855,6 +870,34 @@ fn expire_seen(room: &mut Room) {
             room.seen.remove(&key);
         }
     }
+}
+
+/// How recent a hole in a loaded room's history must be to count as a
+/// message possibly still being written by another node: longer than any
+/// write waits in a queue (`--history-max-wait`, 10 s by default).
+const RECENT_HOLE_MS: u64 = 60_000;
+
+/// The seq just below the oldest hole among the newest rows whose next row
+/// was written within [`RECENT_HOLE_MS`]; None when there is none.
+fn recent_hole(rows: &VecDeque<(u64, Bytes)>) -> Option<u64> {
+    let horizon = now_ms().saturating_sub(RECENT_HOLE_MS);
+    let mut hole = None;
+    for i in (1..rows.len()).rev() {
+        let (below, above) = (rows[i - 1].0, &rows[i]);
+        if frame_ts(&above.1).is_none_or(|ts| ts < horizon) {
+            break;
+        }
+        if above.0 > below + 1 {
+            hole = Some(below);
+        }
+    }
+    hole
+}
+
+/// The `ts` of an encoded message frame.
+fn frame_ts(frame: &Bytes) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(&frame_payload(frame)).ok()?;
+    v.get("ts")?.as_u64()
 }
 
 /// `(from.id, id, ts)` of a stored frame, when it carries a request id.
