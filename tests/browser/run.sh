@@ -6,7 +6,8 @@
 #   HUBBUB_BIN=/path/to/hubbub tests/browser/run.sh
 #
 # Installs what is missing (Debian's chromium, the npm packages pinned in
-# package-lock.json), builds nothing, and runs `node --test`.
+# package-lock.json), builds nothing, type-checks the client's declarations
+# and the React hook example with tsc, and runs `node --test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,9 +30,12 @@ fi
 
 # npm ci only when node_modules is missing or older than the lock file.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    echo "==> npm ci (playwright-core, ws)"
+    echo "==> npm ci (playwright-core, ws, typescript and type packages)"
     npm ci --no-audit --no-fund --loglevel=error
 fi
+
+echo "==> tsc: the client's type declarations and the React hook example"
+npx tsc -p tsconfig.json
 
 echo "==> node --test (client in Node, demo page in $("${CHROMIUM_BIN:-/usr/bin/chromium}" --version 2>/dev/null || echo chromium))"
 exec node --test client.test.js demo.test.js

@@ -1,8 +1,8 @@
 'use client';
 // useHubbub: how the Next.js app wraps hubbub.js in a React hook. (An
-// example; it is not run by hubbub's tests.) Copy clients/js/hubbub.js and
-// hubbub.d.ts into the app, e.g. as lib/hubbub.js + lib/hubbub.d.ts, and
-// adjust the import below.
+// example: hubbub's tests type-check it with tsc but do not run it.)
+// Copy clients/js/hubbub.js and hubbub.d.ts into the app, e.g. as
+// lib/hubbub.js + lib/hubbub.d.ts, and adjust the import below.
 //
 //   const chat = useHubbub('course:42');
 //   chat.messages.map((m) => <p key={m.seq}>{m.from.name}: {contentText(m.content)}</p>)
