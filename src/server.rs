@@ -194,10 +194,32 @@ impl Running {
         for worker in self.workers {
             let _ = worker.join();
         }
-        // Everything queued is committed before the writer returns.
-        self.shared.writer.stop();
+        // Everything queued is committed before the writers return, within
+        // the grace (at least a second for the flush itself): a store that is
+        // down would otherwise keep a stopping process up for good. What is
+        // left was never acked, since acks follow commits.
+        let deadline = (started + self.shared.config.shutdown_grace)
+            .max(Instant::now() + Duration::from_secs(1));
+        let told = self.shared.writer.stop(deadline);
+        let mut flushed = told;
         for writer in self.writers {
-            let _ = writer.join();
+            while !writer.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if writer.is_finished() {
+                let _ = writer.join();
+            } else {
+                flushed = false;
+            }
+        }
+        if !flushed {
+            let unsent = self.shared.writer.queue_len()
+                + self.shared.writer.status.sending.load(Ordering::Relaxed) as usize;
+            tracing::warn!(
+                unsent,
+                "history store did not take the queue within the grace; exiting without it \
+                 (none of it was acknowledged)"
+            );
         }
         if let (Some(r), Some(rt)) = (&self.shared.config.redis, &self.side) {
             if let Some(cluster) = &self.shared.cluster {

@@ -400,3 +400,95 @@ async fn es256_keys_work() {
         101
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_upgrade_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(&["--handshake-timeout", "1"]);
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    // Half an upgrade request, then nothing.
+    tokio::io::AsyncWriteExt::write_all(&mut silent, b"GET /ws/chat HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, silent.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn a_connection_joins_at_most_max_rooms_per_conn() {
+    let server = Server::start(&["--max-rooms-per-conn", "2"]);
+    let mut c = server.connect("ana").await;
+    c.join("r1").await;
+    c.join("r2").await;
+    c.join("r1").await; // joining again is no new room
+    c.send(json!({"type": "join", "room": "r3", "id": "third"}))
+        .await;
+    let err = c.reply("third").await;
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    c.send(json!({"type": "leave", "room": "r1", "id": "out"}))
+        .await;
+    assert_eq!(c.reply("out").await["type"], "ack");
+    c.join("r3").await;
+}
+
+#[tokio::test]
+async fn sigint_stops_like_sigterm() {
+    let mut server = Server::start(&[]);
+    let mut a = server.connect("ana").await;
+    a.join("r").await;
+    a.post("r", "m1", "kept").await;
+    unsafe { libc::kill(server.pid(), libc::SIGINT) };
+    assert_eq!(a.close_code().await, 1001);
+    assert!(server.stop_wait().success());
+    server.restart();
+    let mut b = server.connect("bo").await;
+    assert_eq!(b.join("r").await["last_seq"], 1);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-grace", "60"]);
+    // A client that never answers the close handshake keeps the drain going.
+    let mut stubborn = RawClient::connect(server.port, &token("s", json!({})), None).await;
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    let close = stubborn.wait_frame(8).await;
+    assert_eq!(close_code(&close), 1001);
+
+    let started = std::time::Instant::now();
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    let status = server.stop_wait();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn typing_beyond_its_budget_is_dropped_silently() {
+    let server = Server::start(&["--typing-per-sec", "1"]);
+    let mut ana = server.connect("ana").await;
+    let mut bo = server.connect("bo").await;
+    ana.join("t").await;
+    bo.join("t").await;
+    for _ in 0..10 {
+        ana.send(json!({"type": "typing", "room": "t", "state": true}))
+            .await;
+    }
+    // The message travels behind the typing events on the same queues.
+    ana.post("t", "after", "done typing").await;
+    bo.next_where("the message", |v| v["type"] == "message")
+        .await;
+    let shown = bo.frames.iter().filter(|v| v["type"] == "typing").count();
+    assert!(
+        (2..=3).contains(&shown),
+        "{shown} of 10 typing events shown (burst 2)"
+    );
+    ana.assert_none_before_pong("an error for dropped typing", |v| v["type"] == "error")
+        .await;
+}

@@ -206,3 +206,36 @@ async fn a_mongodb_outage_loses_nothing_acked_and_writes_nothing_twice() {
     assert_eq!(seqs(&live), acked);
     eprintln!("outage: {} acked, {} unavailable", acked.len(), unavailable);
 }
+
+#[tokio::test]
+async fn a_dead_store_does_not_keep_a_stopping_node_up() {
+    let Some(mut mongo) = Mongo::start() else {
+        return;
+    };
+    let url = mongo.url();
+    let mut args = vec!["--mongo-url", &url, "--shutdown-grace", "2"];
+    args.extend(FAST);
+    let mut server = Server::start(&args);
+    let mut a = server.connect("ana").await;
+    a.join("course:stop").await;
+    a.post("course:stop", "m1", "stored").await;
+
+    // MongoDB goes away with a message in flight; the node is asked to stop.
+    mongo.kill();
+    a.send(json!({"type": "message", "room": "course:stop", "id": "m2", "content": "x"}))
+        .await;
+    common::wait_until("m2 is being written", || {
+        let (_, body) = http_get(server.port, "/health", None).unwrap();
+        let health: Value = serde_json::from_str(&body).unwrap();
+        health["backends"]["history"]["sending"] == 1
+    });
+    let started = Instant::now();
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    let status = server.stop_wait();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exited {:?} after SIGTERM with the store down",
+        started.elapsed()
+    );
+}

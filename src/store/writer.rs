@@ -121,11 +121,15 @@ impl WriterHandle {
     }
 
     /// Ask the writers to finish: everything queued before this call is
-    /// committed (or reported) first. Blocks while a queue is full.
-    pub fn stop(&self) {
+    /// committed (or reported) first. Waits for room in a full queue until
+    /// `deadline`; false when a lane could not be told.
+    pub fn stop(&self, deadline: Instant) -> bool {
+        let mut told = true;
         for lane in &self.lanes {
-            let _ = lane.send(Msg::Stop);
+            let left = deadline.saturating_duration_since(Instant::now());
+            told &= lane.send_timeout(Msg::Stop, left).is_ok();
         }
+        told
     }
 }
 
