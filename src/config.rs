@@ -321,6 +321,22 @@ pub struct Options {
     #[arg(long, env = "HUBBUB_MAX_ROOMS_PER_CONN", global = true)]
     pub max_rooms_per_conn: Option<usize>,
 
+    /// Most messages in one history page: a larger `limit` gets this many
+    /// over the WebSocket (where the protocol allows 1..100 anyway) and is
+    /// refused by the HTTP API [default: 100].
+    #[arg(long, env = "HUBBUB_MAX_HISTORY_PAGE", global = true)]
+    pub max_history_page: Option<usize>,
+
+    /// Most members listed in a join ack or presence answer; a larger room
+    /// lists the first ones [default: 1000].
+    #[arg(long, env = "HUBBUB_MAX_MEMBERS_LISTED", global = true)]
+    pub max_members_listed: Option<usize>,
+
+    /// Most messages a join with `since` replays; a client further behind
+    /// pages the rest with `history` [default: 10000].
+    #[arg(long, env = "HUBBUB_MAX_RESUME", global = true)]
+    pub max_resume: Option<usize>,
+
     /// Recent messages per active room kept in memory [default: 256].
     #[arg(long, env = "HUBBUB_HISTORY_CACHE", global = true)]
     pub history_cache: Option<usize>,
@@ -593,9 +609,9 @@ impl Options {
             message_burst: o.message_burst.unwrap_or(40),
             max_rooms_per_conn: o.max_rooms_per_conn.unwrap_or(100),
             max_outbound_bytes: o.max_outbound_bytes.unwrap_or(4 << 20),
-            max_history_page: 100,
-            max_members_listed: 1000,
-            max_resume: 10_000,
+            max_history_page: o.max_history_page.unwrap_or(100).max(1),
+            max_members_listed: o.max_members_listed.unwrap_or(1000),
+            max_resume: o.max_resume.unwrap_or(10_000),
             user_messages_per_sec: o.user_messages_per_sec.unwrap_or(20),
             typing_per_sec: o.typing_per_sec.unwrap_or(5),
             joins_per_sec: o.joins_per_sec.unwrap_or(10),
@@ -719,6 +735,9 @@ impl Options {
             messages_per_sec,
             message_burst,
             max_rooms_per_conn,
+            max_history_page,
+            max_members_listed,
+            max_resume,
             history_cache,
             user_messages_per_sec,
             typing_per_sec,

@@ -492,3 +492,43 @@ async fn typing_beyond_its_budget_is_dropped_silently() {
     ana.assert_none_before_pong("an error for dropped typing", |v| v["type"] == "error")
         .await;
 }
+
+#[tokio::test]
+async fn page_member_list_and_resume_sizes_are_configurable() {
+    let mut args = vec![
+        "--max-history-page",
+        "2",
+        "--max-members-listed",
+        "2",
+        "--max-resume",
+        "3",
+        "--history-cache",
+        "1",
+    ];
+    args.extend(FAST);
+    let server = Server::start(&args);
+    let mut a = server.connect("ana").await;
+    let mut b = server.connect("bo").await;
+    let mut c = server.connect("cy").await;
+    a.join("cfg").await;
+    b.join("cfg").await;
+    let ack = c.join("cfg").await;
+    assert_eq!(ack["members"].as_array().unwrap().len(), 2, "{ack}");
+    for i in 1..=6 {
+        a.post("cfg", &format!("m{i}"), "x").await;
+    }
+
+    a.send(json!({"type": "history", "room": "cfg", "limit": 50, "id": "h"}))
+        .await;
+    let page = a.reply("h").await;
+    assert_eq!(common::seqs(page["messages"].as_array().unwrap()), [6, 5]);
+
+    // A resume from the start replays 3 (from the store: the cache holds 1).
+    let mut late = server.connect("dee").await;
+    late.send(json!({"type": "join", "room": "cfg", "since": 0, "id": "j"}))
+        .await;
+    late.reply("j").await;
+    assert_eq!(common::seqs(&late.messages("cfg", 3).await), [1, 2, 3]);
+    late.assert_none_before_pong("more than --max-resume", |v| v["type"] == "message")
+        .await;
+}

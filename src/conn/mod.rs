@@ -305,6 +305,7 @@ impl Chat {
                 limit,
             } => {
                 self.rate_limit(Budget::Reads)?;
+                let limit = limit.min(shared.config.limits.max_history_page);
                 let (room, with): (Arc<str>, Option<Box<str>>) = match target {
                     Target::Room(room) => {
                         self.check_access(room)?;

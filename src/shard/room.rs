@@ -365,6 +365,7 @@ impl Shard {
     fn complete_join(&self, req: JoinReq, fetched: Option<Result<Rows, StoreError>>) {
         self.metrics.joins.inc();
         let max_listed = self.shared.config.limits.max_members_listed;
+        let max_resume = self.shared.config.limits.max_resume;
         let fetched = match fetched {
             Some(Err(e)) => {
                 self.ready(&req.room, |room| room.pending_joins.remove(&req.conn));
@@ -410,6 +411,12 @@ impl Shard {
 
             let mut backlog = Vec::new();
             if let (Some(since), false) = (req.since, cancelled) {
+                // A store read cut at --max-resume replays a contiguous
+                // prefix only; the ack's last_seq tells the client how much
+                // to page with `history`.
+                let cut = fetched
+                    .as_ref()
+                    .is_some_and(|rows| rows.len() >= max_resume);
                 let mut after = since;
                 for (seq, json) in fetched.into_iter().flatten() {
                     if seq > after && seq <= room.last_seq {
@@ -417,7 +424,9 @@ impl Shard {
                         after = seq;
                     }
                 }
-                backlog.extend(room.recent_between(after, room.last_seq).cloned());
+                if !cut {
+                    backlog.extend(room.recent_between(after, room.last_seq).cloned());
+                }
             }
             (ack, backlog)
         });
