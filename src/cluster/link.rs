@@ -162,6 +162,14 @@ impl redis::aio::AsyncPushSender for Router {
                 else {
                     return Ok(());
                 };
+                if channel == wire::nodes_channel() {
+                    let node = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
+                    tracing::info!(%node, "a node died; catching up from the history store");
+                    for shard in 0..self.shared.mailboxes.len() {
+                        self.shared.send(shard, ShardMsg::Resync);
+                    }
+                    return Ok(());
+                }
                 if wire::topic(&channel).is_none() {
                     return Ok(());
                 }
@@ -306,6 +314,7 @@ impl Supervisor {
         }
 
         if !synced {
+            self.sub.subscribe(wire::nodes_channel()).await?;
             let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
             for topic in &topics {
                 self.sub.subscribe(wire::channel(topic)).await?;

@@ -124,6 +124,10 @@ local prefix = ARGV[1]
 local reaped = 0
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', prefix .. 'node:' .. node) == 0 then
+    -- First, so that every node starts catching up from the store before
+    -- it shows the dead node's users leaving: what that node committed and
+    -- acked but never published is in the store.
+    redis.call('PUBLISH', prefix .. 'n', 'D' .. node)
     local nr = prefix .. 'nr:' .. node
     for _, room in ipairs(redis.call('SMEMBERS', nr)) do
       local nu = prefix .. 'nu:' .. node .. '\n' .. room

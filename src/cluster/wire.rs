@@ -41,6 +41,12 @@ pub fn topic(channel: &[u8]) -> Option<Topic> {
     }
 }
 
+/// Where the reaper announces a dead node (`D<node>`): every node then
+/// catches up its rooms from the store.
+pub fn nodes_channel() -> Vec<u8> {
+    key("n", "")
+}
+
 /// `hubbub:<kind><name>`.
 pub fn key(kind: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(PREFIX.len() + kind.len() + name.len());

@@ -274,25 +274,26 @@ impl Shard {
     }
 
     fn publish_skip(&self, room: &mut Room, id: &Arc<str>, seq: u64) {
-        self.cluster().send(Cmd::Publish {
-            topics: topics(room, id),
-            payload: wire::skip(id, seq),
-        });
+        self.publish(room, id, seq, None);
         self.sequence(room, id, seq, None);
     }
 
-    /// A message this node committed (`entry`), or a seq it will never
-    /// store (None): tell the other nodes, then deliver here in order.
-    /// True when a gap check is needed.
-    pub(super) fn committed(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
-        let payload = match &entry {
-            Some((frame, _)) => wire::message(id, seq, &super::frame_payload(frame)),
+    /// Tell the other nodes of a message this node committed (`frame`), or
+    /// of a seq it will never store (None).
+    pub(super) fn publish(&self, room: &Room, id: &Arc<str>, seq: u64, frame: Option<&Bytes>) {
+        let payload = match frame {
+            Some(frame) => wire::message(id, seq, &super::frame_payload(frame)),
             None => wire::skip(id, seq),
         };
         let topics = topics(room, id);
         // A publish that cannot be queued is found by the receivers' gap
         // checks, from the history store.
         self.cluster().send(Cmd::Publish { topics, payload });
+    }
+
+    /// Deliver here, in seq order, a message this node committed (or a seq
+    /// it will never store), after [`Shard::publish`].
+    pub(super) fn deliver_in_order(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
         self.sequence(room, id, seq, entry)
     }
 

@@ -612,6 +612,14 @@ impl Shard {
                         );
                     }
 
+                    // Cluster mode: hand it to Redis before the ack, which
+                    // narrows the window in which a node that dies has acked
+                    // what the others never hear of (they catch up from the
+                    // store when it is reaped).
+                    if room.cluster.is_some() {
+                        self.publish(room, &r.room, r.seq, Some(&flight.frame));
+                    }
+
                     // Acks first, then the message: both go through the same
                     // FIFO inboxes, so the sender sees them in this order.
                     for waiter in flight.waiters {
@@ -620,7 +628,7 @@ impl Shard {
                     }
                     if room.cluster.is_some() {
                         let entry = Some((flight.frame, flight.origin));
-                        self.committed(room, &r.room, r.seq, entry);
+                        self.deliver_in_order(room, &r.room, r.seq, entry);
                         continue;
                     }
                     match &room.dm {
@@ -633,7 +641,8 @@ impl Shard {
                         room.seen.remove(&key);
                     }
                     if room.cluster.is_some() {
-                        self.committed(room, &r.room, r.seq, None);
+                        self.publish(room, &r.room, r.seq, None);
+                        self.deliver_in_order(room, &r.room, r.seq, None);
                     } else if r.epoch == room.epoch {
                         let (room_id, seq) = (&r.room, r.seq);
                         tracing::warn!(room = %room_id, seq, expected, "history write refused");

@@ -610,7 +610,7 @@ mod tests {
                 handle.try_submit(pending(room, seq, 0)).unwrap();
             }
         }
-        handle.stop();
+        assert!(handle.stop(Instant::now() + Duration::from_secs(10)));
         for t in threads {
             t.join().unwrap();
         }
