@@ -85,6 +85,8 @@ async fn metrics_move_with_traffic() {
     assert!(metric(&after, "hubbub_fanout_seconds_count") >= 5.0);
     assert_eq!(metric(&after, "hubbub_ack_seconds_count"), 5.0);
     assert!(metric(&after, "hubbub_history_batch_size_count") >= 1.0);
+    assert_eq!(metric(&after, "hubbub_rooms"), 1.0, "room m is in memory");
+    assert_eq!(metric(&after, "hubbub_slow_consumers_total"), 0.0);
     assert!(
         after.contains(r#"hubbub_rate_limited_total{limit="messages"} 1"#),
         "{after}"

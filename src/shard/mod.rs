@@ -377,9 +377,9 @@ impl Shard {
                 self.handle(msg);
             }
             self.schedule_due_gaps();
+            self.metrics.rooms.set(self.rooms.borrow().len() as i64);
             if last_sweep.elapsed() > Duration::from_secs(30) {
                 self.sweep_rooms();
-                self.metrics.rooms.set(self.rooms.borrow().len() as i64);
                 if self.id == 0 {
                     self.shared.admission.sweep();
                 }
