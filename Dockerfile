@@ -14,14 +14,17 @@ WORKDIR /src
 # Dependencies first, so that code changes reuse the cached layer.
 COPY Cargo.toml Cargo.lock ./
 COPY loadgen/Cargo.toml loadgen/Cargo.toml
-RUN mkdir -p src/demo clients/js loadgen/src \
+# Cargo.toml declares the criterion bench: cargo wants its file to exist.
+RUN mkdir -p src/demo clients/js loadgen/src benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > loadgen/src/main.rs \
+    && echo 'fn main() {}' > benches/hotpaths.rs \
     && cargo build --release --locked --bin hubbub \
     && rm -rf src loadgen/src
 COPY src src
 COPY clients clients
 COPY loadgen loadgen
+COPY benches benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin hubbub
 
 FROM debian:bookworm-slim
@@ -34,5 +37,7 @@ ENV HUBBUB_LISTEN=0.0.0.0:3001 \
 VOLUME /var/lib/hubbub
 EXPOSE 3001
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/hubbub", "ready"]
+# Liveness, not readiness: an outage of MongoDB or Redis makes every node
+# unready at once, and restarting nodes would not cure it.
+HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/hubbub", "alive"]
 ENTRYPOINT ["/usr/local/bin/hubbub"]

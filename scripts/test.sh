@@ -42,7 +42,7 @@ export HUBBUB_TEST_MONGO_PYTHON="$VENV/bin/python"
 
 # --- 2. Rust tests ------------------------------------------------------------
 # fault-injection lets one test make a connection task panic on purpose.
-say "cargo test (io_uring driver)"
+say "cargo test (io_uring driver where the kernel allows it, epoll otherwise)"
 cargo test --workspace --locked --features fault-injection
 
 say "integration tests again on the epoll driver"

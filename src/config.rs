@@ -37,8 +37,11 @@ pub enum Command {
     /// Validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
     /// Exit 0 when the local server answers `GET /ready` with 200 (for
-    /// container health checks).
+    /// readiness probes: it fails while a backend is down).
     Ready,
+    /// Exit 0 when the local server answers `GET /health` with 200 (for
+    /// liveness probes and container health checks).
+    Alive,
     /// Print the configuration reference (Markdown), generated from the flag
     /// definitions; docs/configuration.md is its output.
     ConfigReference,

@@ -55,14 +55,8 @@ fn main() -> ExitCode {
             print!("{}", hubbub::config::reference());
             ExitCode::SUCCESS
         }
-        Command::Ready => match ready(config.listen.port()) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("hubbub: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Ready => probe_exit(config.listen.port(), "/ready"),
+        Command::Alive => probe_exit(config.listen.port(), "/health"),
         Command::Serve => {
             init_logging(&config.log, config.log_format);
             let result = hubbub::server::start(config).and_then(|s| s.run_until_signal());
@@ -78,14 +72,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// `GET /ready` on the local server; true on 200.
-fn ready(port: u16) -> std::io::Result<bool> {
+/// Exit 0 when the local server answers `GET path` with 200.
+fn probe_exit(port: u16, path: &str) -> ExitCode {
+    match probe(port, path) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET path` on the local server; true on 200.
+fn probe(port: u16, path: &str) -> std::io::Result<bool> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(2);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     Ok(&head[9..12] == b"200")

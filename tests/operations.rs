@@ -155,3 +155,22 @@ async fn without_a_key_the_admin_api_does_not_exist() {
     let (status, _) = http_get(server.port, "/metrics", Some(&token("u", json!({})))).unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn ready_and_alive_subcommands_probe_the_local_server() {
+    let probe = |what: &str, port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
+            .arg(what)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let mut server = Server::start(&[]);
+    assert!(probe("ready", server.port));
+    assert!(probe("alive", server.port));
+    assert!(server.stop().success());
+    assert!(!probe("ready", server.port), "nothing listens any more");
+    assert!(!probe("alive", server.port));
+}

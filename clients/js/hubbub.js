@@ -39,6 +39,28 @@ export function contentText(content) {
   return String(content).replace(/&(amp|lt|gt|quot|#x27|#x2F|#39|#47);/g, (_, name) => ENTITIES[name]);
 }
 
+/** How far below the newest seq a message may arrive and still be shown. */
+const RECENT_SEQS = 1024;
+
+/**
+ * True the first time `seq` is seen in a room or DM conversation `s`. A seq
+ * below the newest is new if it was not seen: in cluster mode a message can
+ * arrive late (after the server gave up waiting for it), and DMs sent
+ * through two nodes at once can arrive out of order.
+ */
+function firstSight(s, seq) {
+  if (s.lastSeq != null && seq <= s.lastSeq) {
+    if (seq <= s.lastSeq - RECENT_SEQS || s.recent.has(seq)) return false;
+  } else {
+    s.lastSeq = seq;
+  }
+  s.recent.add(seq);
+  if (s.recent.size > 2 * RECENT_SEQS) {
+    for (const x of s.recent) if (x <= s.lastSeq - RECENT_SEQS) s.recent.delete(x);
+  }
+  return true;
+}
+
 function defaultUrl() {
   const loc = globalThis.location;
   if (!loc) throw new TypeError('hubbub: `url` is required outside a browser');
@@ -271,8 +293,7 @@ export class Hubbub {
 
   _onMessage(f) {
     const r = this._rooms.get(f.room);
-    if (!r || (r.lastSeq != null && f.seq <= r.lastSeq)) return; // not ours, or seen already
-    r.lastSeq = f.seq;
+    if (!r || !firstSight(r, f.seq)) return; // not ours, or seen already
     this._emit('message', f);
   }
 
@@ -282,14 +303,16 @@ export class Hubbub {
     if (d.buffer) return void d.buffer.push(f); // a catch-up is in flight
     // The sending connection gets no copy of its own DM, only the ack; so a
     // catch-up page must skip what this connection sent itself.
-    if (f.seq <= d.lastSeq || d.own.delete(f.seq)) return;
-    d.lastSeq = f.seq;
-    for (const seq of d.own) if (seq < f.seq) d.own.delete(seq);
+    if (d.own.delete(f.seq)) return void firstSight(d, f.seq);
+    if (!firstSight(d, f.seq)) return;
+    for (const seq of d.own) if (seq <= d.lastSeq - RECENT_SEQS) d.own.delete(seq);
     this._emit('dm', f);
   }
 
   _dmState(peer) {
-    if (!this._dms.has(peer)) this._dms.set(peer, { lastSeq: 0, buffer: null, own: new Set() });
+    if (!this._dms.has(peer)) {
+      this._dms.set(peer, { lastSeq: 0, recent: new Set(), buffer: null, own: new Set() });
+    }
     return this._dms.get(peer);
   }
 
@@ -386,7 +409,11 @@ export class Hubbub {
   /** Subscribe to a room. Resolves with the ack (`members`, `last_seq`). The
    * room is rejoined after every reconnect until `leave`. */
   join(room) {
-    if (!this._rooms.has(room)) this._rooms.set(room, { lastSeq: null, synced: false, members: new Map(), joinId: null });
+    if (!this._rooms.has(room)) {
+      this._rooms.set(room, {
+        lastSeq: null, recent: new Set(), synced: false, members: new Map(), joinId: null,
+      });
+    }
     return this._request({ type: 'join', room }, true);
   }
 

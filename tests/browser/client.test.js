@@ -13,6 +13,17 @@ function gate() {
   return { promise, open };
 }
 
+/** Resolves with the first truthy value of `probe`, polled every ms. */
+async function until(probe, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 /** Resolves with the first event of `type` that satisfies `pred`. */
 function next(client, type, pred = () => true, timeoutMs = 10000) {
   return new Promise((resolve, reject) => {
@@ -63,6 +74,44 @@ describe('hubbub.js client (Node, ws)', { timeout: 60000 }, () => {
       const d = backoffDelay(i % 12);
       assert.ok(d >= 0 && d < 30000, `delay ${d}`);
     }
+  });
+
+  it('shows a late or out-of-order message once, and never a repeat', async () => {
+    // A scripted socket: the server's frames are pushed by the test. In
+    // cluster mode a room message can arrive after newer ones (the server
+    // gave up waiting for it), and DMs sent through two nodes can cross.
+    let socket;
+    class Scripted {
+      constructor() {
+        socket = this;
+        this.sent = [];
+        queueMicrotask(() => this.push({
+          type: 'welcome', user: { id: 'ana', name: 'Ana', role: 'student' }, limits: {},
+        }));
+      }
+      send(data) { this.sent.push(JSON.parse(data)); }
+      close() {}
+      push(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+    }
+    const c = new Hubbub({ url: 'ws://x/ws/chat', WebSocket: Scripted, getToken: () => 't' });
+    clients.push(c);
+    const shown = [];
+    c.on('message', (m) => shown.push(`r${m.seq}`));
+    c.on('dm', (m) => shown.push(`d${m.seq}`));
+    await c.connect();
+    const joined = c.join('r');
+    const join = await until(() => socket?.sent.find((f) => f.type === 'join'));
+    socket.push({ type: 'ack', id: join.id, room: 'r', members: [], last_seq: 0 });
+    await joined;
+
+    const from = { id: 'bo', name: 'Bo', role: 'student' };
+    const msg = (seq) => ({ type: 'message', room: 'r', seq, ts: 1, from, content: 'x' });
+    const dm = (seq) => ({ type: 'dm', to: 'ana', seq, ts: 1, from, content: 'x' });
+    for (const f of [msg(1), msg(2), msg(4), msg(3), msg(4), msg(2), dm(7), dm(6), dm(7)]) {
+      socket.push(f);
+    }
+    assert.deepEqual(shown, ['r1', 'r2', 'r4', 'r3', 'd7', 'd6']);
+    assert.equal(c.lastSeq('r'), 4);
   });
 
   it('undoes the server HTML escaping for text rendering', () => {
