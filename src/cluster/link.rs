@@ -103,32 +103,24 @@ pub fn start(
     let sub = manager(Some(router))?;
     let con = manager(None)?;
 
-    let topics: Topics = Arc::default();
-    let presence: Presence = Arc::default();
-    let unsent: Unsent = Arc::default();
+    let link = Link {
+        unsent: Arc::default(),
+        sub,
+        con,
+        topics: Arc::default(),
+        presence: Arc::default(),
+        shared,
+        status,
+    };
     let supervisor = Supervisor {
-        unsent: unsent.clone(),
-        sub: sub.clone(),
-        con: con.clone(),
-        topics: topics.clone(),
-        presence: presence.clone(),
-        shared: shared.clone(),
-        status: status.clone(),
+        link: link.clone(),
         lost,
         node: cluster.node.clone(),
         ttl: cfg.node_ttl,
     };
     rt.spawn(supervisor.run());
 
-    let worker = Commands {
-        unsent,
-        sub,
-        con,
-        topics,
-        presence,
-        shared,
-        status,
-    };
+    let worker = Commands { link };
     let thread = std::thread::Builder::new()
         .name("hubbub-cluster".into())
         .spawn(move || worker.run(cmds, rt))?;
@@ -205,8 +197,9 @@ impl redis::aio::AsyncPushSender for Router {
     }
 }
 
-/// Keeps the node connected, registered and resubscribed.
-struct Supervisor {
+/// What the supervisor and the command thread share.
+#[derive(Clone)]
+struct Link {
     unsent: Unsent,
     sub: ConnectionManager,
     con: ConnectionManager,
@@ -214,6 +207,11 @@ struct Supervisor {
     presence: Presence,
     shared: Arc<Shared>,
     status: Arc<Status>,
+}
+
+/// Keeps the node connected, registered and resubscribed.
+struct Supervisor {
+    link: Link,
     lost: Arc<tokio::sync::Notify>,
     node: Arc<str>,
     ttl: Duration,
@@ -231,10 +229,10 @@ impl Supervisor {
             }
             // Stopping: `goodbye` removes this node; a heartbeat now would
             // bring it back until the TTL.
-            if self.status.stopping.load(Ordering::Relaxed) {
+            if self.link.status.stopping.load(Ordering::Relaxed) {
                 return;
             }
-            if !self.status.up.load(Ordering::Relaxed) {
+            if !self.link.status.up.load(Ordering::Relaxed) {
                 synced = false;
             }
             // A node restarted under the same --node-id must not keep the
@@ -254,11 +252,11 @@ impl Supervisor {
                 Ok(true) => {
                     if !synced {
                         synced = true;
-                        self.status.up.store(true, Ordering::Relaxed);
-                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.link.status.up.store(true, Ordering::Relaxed);
+                        self.link.status.reconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(node = %self.node, "connected to Redis; shards resyncing");
-                        for shard in 0..self.shared.mailboxes.len() {
-                            self.shared.send(shard, ShardMsg::Resync);
+                        for shard in 0..self.link.shared.mailboxes.len() {
+                            self.link.shared.send(shard, ShardMsg::Resync);
                         }
                     }
                 }
@@ -267,7 +265,7 @@ impl Supervisor {
                         .backend_errors
                         .with_label_values(&["redis"])
                         .inc();
-                    if self.status.up.swap(false, Ordering::Relaxed) {
+                    if self.link.status.up.swap(false, Ordering::Relaxed) {
                         tracing::warn!(err = %e, "Redis unreachable; retrying");
                     }
                     synced = false;
@@ -277,15 +275,9 @@ impl Supervisor {
     }
 
     async fn forget_previous_life(&mut self) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(wire::key("node:", &self.node)).ignore();
-        pipe.cmd("EVAL")
-            .arg(&*REAP)
-            .arg(1)
-            .arg(wire::key("nodes", ""))
-            .arg(wire::PREFIX)
-            .ignore();
-        pipe.query_async::<()>(&mut self.con).await
+        remove_node(&self.node)
+            .query_async::<()>(&mut self.link.con)
+            .await
     }
 
     /// Ping both connections; when not `synced`, resubscribe and make
@@ -293,7 +285,9 @@ impl Supervisor {
     /// reap dead nodes. False when this node was found reaped although
     /// synced (it stalled past --node-ttl): it must sync again.
     async fn tick(&mut self, synced: bool) -> redis::RedisResult<bool> {
-        redis::cmd("PING").query_async::<()>(&mut self.sub).await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.link.sub)
+            .await?;
 
         // The heartbeat first, so that no other node's reaper removes what
         // the sync below registers.
@@ -308,28 +302,29 @@ impl Supervisor {
         pipe.cmd("SADD")
             .arg(wire::key("nodes", ""))
             .arg(&*self.node);
-        let (added,): (u64,) = pipe.query_async(&mut self.con).await?;
+        let (added,): (u64,) = pipe.query_async(&mut self.link.con).await?;
         if synced && added == 1 {
             return Ok(false);
         }
 
         if !synced {
-            self.sub.subscribe(wire::nodes_channel()).await?;
-            let topics: Vec<Topic> = self.topics.lock().unwrap().keys().cloned().collect();
+            self.link.sub.subscribe(wire::nodes_channel()).await?;
+            let topics: Vec<Topic> = self.link.topics.lock().unwrap().keys().cloned().collect();
             for topic in &topics {
-                self.sub.subscribe(wire::channel(topic)).await?;
+                self.link.sub.subscribe(wire::channel(topic)).await?;
             }
             {
                 // Only what was subscribed just now counts as active; a
                 // topic added meanwhile is subscribed by its own command.
-                let mut current = self.topics.lock().unwrap();
+                let mut current = self.link.topics.lock().unwrap();
                 for topic in &topics {
                     if let Some(interest) = current.get_mut(topic) {
                         interest.active = true;
                     }
                 }
                 let active = current.values().filter(|i| i.active).count();
-                self.status
+                self.link
+                    .status
                     .subscriptions
                     .store(active as u64, Ordering::Relaxed);
             }
@@ -337,13 +332,7 @@ impl Supervisor {
             self.publish_unsent().await?;
         }
 
-        let reaped: u64 = redis::cmd("EVAL")
-            .arg(&*REAP)
-            .arg(1)
-            .arg(wire::key("nodes", ""))
-            .arg(wire::PREFIX)
-            .query_async(&mut self.con)
-            .await?;
+        let reaped: u64 = reap().query_async(&mut self.link.con).await?;
         if reaped > 0 {
             tracing::info!(
                 reaped,
@@ -355,7 +344,7 @@ impl Supervisor {
 
     /// Publish again what failed to publish during the outage.
     async fn publish_unsent(&mut self) -> redis::RedisResult<()> {
-        let unsent: Vec<(Vec<u8>, Bytes)> = self.unsent.lock().unwrap().drain(..).collect();
+        let unsent: Vec<(Vec<u8>, Bytes)> = self.link.unsent.lock().unwrap().drain(..).collect();
         if unsent.is_empty() {
             return Ok(());
         }
@@ -363,8 +352,8 @@ impl Supervisor {
         for (channel, payload) in &unsent {
             pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut self.con).await {
-            let mut queue = self.unsent.lock().unwrap();
+        if let Err(e) = pipe.query_async::<()>(&mut self.link.con).await {
+            let mut queue = self.link.unsent.lock().unwrap();
             for item in unsent.into_iter().rev() {
                 queue.push_front(item);
             }
@@ -379,12 +368,12 @@ impl Supervisor {
     async fn sync_presence(&mut self) -> redis::RedisResult<()> {
         let known: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(wire::key("nr:", &self.node))
-            .query_async(&mut self.con)
+            .query_async(&mut self.link.con)
             .await?;
         let mut pipe = redis::pipe();
         let mut rooms = 0;
         {
-            let presence = self.presence.lock().unwrap();
+            let presence = self.link.presence.lock().unwrap();
             let stale = known
                 .iter()
                 .filter_map(|r| std::str::from_utf8(r).ok())
@@ -405,7 +394,7 @@ impl Supervisor {
             }
         }
         if rooms > 0 {
-            pipe.query_async::<()>(&mut self.con).await?;
+            pipe.query_async::<()>(&mut self.link.con).await?;
         }
         tracing::debug!(rooms, "presence synced");
         Ok(())
@@ -414,13 +403,7 @@ impl Supervisor {
 
 /// Drains the shards' commands into pipelines.
 struct Commands {
-    unsent: Unsent,
-    sub: ConnectionManager,
-    con: ConnectionManager,
-    topics: Topics,
-    presence: Presence,
-    shared: Arc<Shared>,
-    status: Arc<Status>,
+    link: Link,
 }
 
 /// What a pipeline entry was, to route its answer.
@@ -443,7 +426,7 @@ enum Sent {
 
 impl Commands {
     fn run(mut self, cmds: Receiver<Cmd>, rt: tokio::runtime::Handle) {
-        let node = self.shared.cluster.as_ref().map(|c| c.node.clone());
+        let node = self.link.shared.cluster.as_ref().map(|c| c.node.clone());
         let node = node.expect("the link runs only in cluster mode");
         let mut batch = Vec::with_capacity(MAX_PIPELINE);
         while let Ok(first) = cmds.recv() {
@@ -489,14 +472,14 @@ impl Commands {
                 }
                 Cmd::PresenceJoin { room, user } => {
                     let json = presence(&mut pipe, node, &room, &user, true);
-                    let mut declared = self.presence.lock().unwrap();
+                    let mut declared = self.link.presence.lock().unwrap();
                     let users = declared.entry(room).or_default();
                     users.insert(user.id.clone(), json);
                     sent.push(Sent::Other);
                 }
                 Cmd::PresenceLeave { room, user } => {
                     presence(&mut pipe, node, &room, &user, false);
-                    let mut declared = self.presence.lock().unwrap();
+                    let mut declared = self.link.presence.lock().unwrap();
                     if let Some(users) = declared.get_mut(&room) {
                         users.remove(&user.id);
                         if users.is_empty() {
@@ -527,7 +510,7 @@ impl Commands {
             return;
         }
 
-        let answers = pipe.query_async::<Vec<Value>>(&mut self.con).await;
+        let answers = pipe.query_async::<Vec<Value>>(&mut self.link.con).await;
         let answers = match answers {
             Ok(a) if a.len() == sent.len() => a,
             Ok(_) | Err(_) => {
@@ -535,7 +518,7 @@ impl Commands {
                     tracing::debug!(err = %e, "Redis pipeline failed");
                 }
                 // Nothing reserved; the supervisor resyncs the rest.
-                self.status.up.store(false, Ordering::Relaxed);
+                self.link.status.up.store(false, Ordering::Relaxed);
                 vec![Value::Nil; sent.len()]
             }
         };
@@ -547,7 +530,7 @@ impl Commands {
                         _ => None,
                     };
                     let msg = ShardMsg::Reserved { room, first, count };
-                    self.shared.send(owner, msg);
+                    self.link.shared.send(owner, msg);
                 }
                 Sent::Members {
                     room,
@@ -571,14 +554,16 @@ impl Commands {
                         full,
                         asked,
                     };
-                    self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+                    self.link
+                        .shared
+                        .send(owner, ShardMsg::Remote(Box::new(remote)));
                 }
                 Sent::Publish(channel, payload) => {
                     if !matches!(answer, Value::ServerError(_) | Value::Nil) {
-                        self.status.published.fetch_add(1, Ordering::Relaxed);
+                        self.link.status.published.fetch_add(1, Ordering::Relaxed);
                     } else if matches!(payload.first(), Some(b'M' | b'S')) {
                         // Typing is not worth sending late.
-                        let mut unsent = self.unsent.lock().unwrap();
+                        let mut unsent = self.link.unsent.lock().unwrap();
                         if unsent.len() == MAX_UNSENT {
                             unsent.pop_front();
                         }
@@ -592,7 +577,7 @@ impl Commands {
 
     async fn subscribe(&mut self, topic: Topic, owner: usize) {
         let first = {
-            let mut topics = self.topics.lock().unwrap();
+            let mut topics = self.link.topics.lock().unwrap();
             let entry = topics.entry(topic.clone()).or_insert(Interest {
                 count: 0,
                 active: false,
@@ -603,27 +588,32 @@ impl Commands {
         if first {
             // On failure the topic stays in the set: the supervisor
             // subscribes it once Redis answers, and the owner resyncs then.
-            if let Err(e) = self.sub.subscribe(wire::channel(&topic)).await {
+            if let Err(e) = self.link.sub.subscribe(wire::channel(&topic)).await {
                 tracing::debug!(err = %e, "subscribe failed; retried after reconnect");
-                self.status.up.store(false, Ordering::Relaxed);
+                self.link.status.up.store(false, Ordering::Relaxed);
                 return;
             }
-            if let Some(interest) = self.topics.lock().unwrap().get_mut(&topic) {
+            if let Some(interest) = self.link.topics.lock().unwrap().get_mut(&topic) {
                 if !interest.active {
                     interest.active = true;
-                    self.status.subscriptions.fetch_add(1, Ordering::Relaxed);
+                    self.link
+                        .status
+                        .subscriptions
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if let Topic::Room(room) = topic {
             let remote = Remote::Subscribed { room };
-            self.shared.send(owner, ShardMsg::Remote(Box::new(remote)));
+            self.link
+                .shared
+                .send(owner, ShardMsg::Remote(Box::new(remote)));
         }
     }
 
     async fn unsubscribe(&mut self, topic: Topic) {
         let last = {
-            let mut topics = self.topics.lock().unwrap();
+            let mut topics = self.link.topics.lock().unwrap();
             match topics.get_mut(&topic) {
                 Some(entry) if entry.count > 1 => {
                     entry.count -= 1;
@@ -635,9 +625,12 @@ impl Commands {
         };
         if let Some(active) = last {
             if active {
-                self.status.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                self.link
+                    .status
+                    .subscriptions
+                    .fetch_sub(1, Ordering::Relaxed);
             }
-            let _ = self.sub.unsubscribe(wire::channel(&topic)).await;
+            let _ = self.link.sub.unsubscribe(wire::channel(&topic)).await;
         }
     }
 }
@@ -651,21 +644,33 @@ pub fn goodbye(url: &str, node: &str, rt: &tokio::runtime::Handle) {
     let done = rt.block_on(async {
         let bye = async {
             let mut con = client.get_multiplexed_async_connection().await?;
-            let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(wire::key("node:", node)).ignore();
-            pipe.cmd("EVAL")
-                .arg(&*REAP)
-                .arg(1)
-                .arg(wire::key("nodes", ""))
-                .arg(wire::PREFIX)
-                .ignore();
-            pipe.query_async::<()>(&mut con).await
+            remove_node(node).query_async::<()>(&mut con).await
         };
         tokio::time::timeout(Duration::from_secs(2), bye).await
     });
     if !matches!(done, Ok(Ok(()))) {
         tracing::warn!(node, "could not remove this node's presence from Redis");
     }
+}
+
+/// The reaper script: removes the nodes whose heartbeat expired; answers
+/// how many.
+fn reap() -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(&*REAP)
+        .arg(1)
+        .arg(wire::key("nodes", ""))
+        .arg(wire::PREFIX);
+    cmd
+}
+
+/// Drop `node`'s heartbeat and reap it at once: its users' leaves are
+/// published now rather than after `--node-ttl`.
+fn remove_node(node: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("DEL").arg(wire::key("node:", node)).ignore();
+    pipe.add_command(reap()).ignore();
+    pipe
 }
 
 /// Queue a presence script for one user in one room on this node; returns

@@ -617,10 +617,7 @@ impl Mongo {
 
     /// SIGKILL: an outage.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     pub fn restart(&mut self) {
@@ -631,6 +628,14 @@ impl Mongo {
 impl Drop for Mongo {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGKILL a backend server started by a test, and reap it, if it runs.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -684,10 +689,7 @@ impl Redis {
 
     /// SIGKILL: an outage that loses every key.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     pub fn restart(&mut self) {
