@@ -319,8 +319,11 @@ export class Hubbub {
   /** After a reconnect, fetch the DMs with `peer` that came while we were away. */
   _catchUpDms(peer, d) {
     d.buffer = [];
+    // The page holds the conversation's past too: only what is newer than
+    // what this client had seen when it went away is missed.
+    const seen = d.lastSeq;
     this._request({ type: 'history', with: peer, limit: 100 })
-      .then((page) => page.messages, () => [])
+      .then((page) => page.messages.filter((m) => m.seq > seen), () => [])
       .then((older) => {
         const all = [...older, ...d.buffer].sort((a, b) => a.seq - b.seq);
         d.buffer = null;

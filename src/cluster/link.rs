@@ -99,6 +99,7 @@ pub fn start(
         shared: shared.clone(),
         status: status.clone(),
         lost: lost.clone(),
+        node: cluster.node.clone(),
     };
     let sub = manager(Some(router))?;
     let con = manager(None)?;
@@ -142,6 +143,7 @@ struct Router {
     shared: Arc<Shared>,
     status: Arc<Status>,
     lost: Arc<tokio::sync::Notify>,
+    node: Arc<str>,
 }
 
 impl redis::aio::AsyncPushSender for Router {
@@ -156,6 +158,12 @@ impl redis::aio::AsyncPushSender for Router {
                 };
                 if channel == wire::nodes_channel() {
                     let node = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
+                    // This node, reaped while alive (it stalled): the
+                    // supervisor re-registers its presence on its next tick.
+                    if node == *self.node {
+                        self.status.up.store(false, Ordering::Relaxed);
+                        self.lost.notify_one();
+                    }
                     tracing::info!(%node, "a node died; catching up from the history store");
                     for shard in 0..self.shared.mailboxes.len() {
                         self.shared.send(shard, ShardMsg::Resync);

@@ -579,6 +579,8 @@ impl Shard {
                     let Some(c) = r.cluster.as_mut() else {
                         return;
                     };
+                    c.events
+                        .retain(|_, (_, at)| at.elapsed() < PRESENCE_EVENT_TRUST);
                     c.events.insert(user.id.clone(), (online, Instant::now()));
                     let changed = match online {
                         true => c.members.insert(user.id.clone(), user.clone()).is_none(),

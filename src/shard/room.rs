@@ -265,11 +265,12 @@ impl Shard {
                     .insert(id.clone(), Slot::Ready(Box::new(room)));
                 if clustered {
                     self.with_room(&id, |me, room| me.note_gap(room, &id));
-                    self.schedule_due_gaps();
                 }
                 for msg in queued {
                     self.run(msg);
                 }
+                // Outside the inbox loop when the read was asynchronous.
+                self.schedule_due_gaps();
             }
             Err(e) => {
                 tracing::warn!(room = %id, err = %e, "history store read failed");
