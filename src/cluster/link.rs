@@ -156,7 +156,7 @@ impl redis::aio::AsyncPushSender for Router {
                 else {
                     return Ok(());
                 };
-                if channel == wire::nodes_channel() {
+                if channel == wire::NODES_CHANNEL {
                     let node = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
                     // This node, reaped while alive (it stalled): the
                     // supervisor re-registers its presence on its next tick.
@@ -316,7 +316,7 @@ impl Supervisor {
         }
 
         if !synced {
-            self.link.sub.subscribe(wire::nodes_channel()).await?;
+            self.link.sub.subscribe(wire::NODES_CHANNEL).await?;
             let topics: Vec<Topic> = self.link.topics.lock().unwrap().keys().cloned().collect();
             for topic in &topics {
                 self.link.sub.subscribe(wire::channel(topic)).await?;

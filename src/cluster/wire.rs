@@ -42,10 +42,9 @@ pub fn topic(channel: &[u8]) -> Option<Topic> {
 }
 
 /// Where the reaper announces a dead node (`D<node>`): every node then
-/// catches up its rooms from the store.
-pub fn nodes_channel() -> Vec<u8> {
-    key("n", "")
-}
+/// catches up its rooms from the store. (`PREFIX` + `n`, as the REAP script
+/// spells it; a constant, since every push is compared with it.)
+pub const NODES_CHANNEL: &[u8] = b"hubbub:n";
 
 /// `hubbub:<kind><name>`.
 pub fn key(kind: &str, name: &str) -> Vec<u8> {
@@ -276,6 +275,11 @@ mod tests {
         ] {
             assert!(decode(Bytes::copy_from_slice(bad)).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_nodes_channel_uses_the_prefix() {
+        assert_eq!(NODES_CHANNEL, &key("n", "")[..]);
     }
 
     #[test]

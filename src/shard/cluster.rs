@@ -291,15 +291,11 @@ impl Shard {
         self.cluster().send(Cmd::Publish { topics, payload });
     }
 
-    /// Deliver here, in seq order, a message this node committed (or a seq
-    /// it will never store), after [`Shard::publish`].
-    pub(super) fn deliver_in_order(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
-        self.sequence(room, id, seq, entry)
-    }
-
-    /// Deliver what is next in seq order; a room whose frames wait behind a
-    /// gap gets a check scheduled (by [`Shard::schedule_due_gaps`]).
-    fn sequence(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
+    /// Deliver what is next in seq order (a message from any node, this one
+    /// included after [`Shard::publish`], or a seq nobody will store); a
+    /// room whose frames wait behind a gap gets a check scheduled (by
+    /// [`Shard::schedule_due_gaps`]).
+    pub(super) fn sequence(&self, room: &mut Room, id: &Arc<str>, seq: u64, entry: Entry) {
         if let Some(pair) = room.dm.clone() {
             self.deliver_dm(room, &pair, seq, entry);
             return;

@@ -629,7 +629,7 @@ impl Shard {
                     }
                     if room.cluster.is_some() {
                         let entry = Some((flight.frame, flight.origin));
-                        self.deliver_in_order(room, &r.room, r.seq, entry);
+                        self.sequence(room, &r.room, r.seq, entry);
                         continue;
                     }
                     match &room.dm {
@@ -643,7 +643,7 @@ impl Shard {
                     }
                     if room.cluster.is_some() {
                         self.publish(room, &r.room, r.seq, None);
-                        self.deliver_in_order(room, &r.room, r.seq, None);
+                        self.sequence(room, &r.room, r.seq, None);
                     } else if r.epoch == room.epoch {
                         let (room_id, seq) = (&r.room, r.seq);
                         tracing::warn!(room = %room_id, seq, expected, "history write refused");
